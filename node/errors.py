@@ -1,0 +1,38 @@
+"""Errors raised by the node.
+
+NodeError
+├── InvalidIdentifier        an identifier cannot be normalized
+│   ├── InvalidEmail
+│   └── InvalidPhone
+├── InvalidRow               a customer row breaks the import rules (reason in the message)
+├── ImportSourceError        the input file itself cannot be read (format, encoding, mapping)
+└── StoreError               the customer store cannot be opened or migrated
+"""
+
+
+class NodeError(Exception):
+    """Root of every error the node raises."""
+
+
+class InvalidIdentifier(NodeError):
+    """An identifier cannot be normalized; the message says why, without echoing the value."""
+
+
+class InvalidEmail(InvalidIdentifier):
+    """An e-mail address fails the syntax or domain (UTS-46) rules."""
+
+
+class InvalidPhone(InvalidIdentifier):
+    """A phone number cannot be read as a valid number in E.164."""
+
+
+class InvalidRow(NodeError):
+    """A customer row breaks the import rules."""
+
+
+class ImportSourceError(NodeError):
+    """The input file cannot be read at all (unknown format, bad encoding, bad mapping)."""
+
+
+class StoreError(NodeError):
+    """The customer store cannot be opened or migrated."""
