@@ -1,0 +1,26 @@
+"""The partner node: customer store, import, normalization (later segments, blinding, service).
+
+Public surface; everything else is machinery.
+"""
+
+from node._import import DEFAULT_BATCH_SIZE, ImportSummary, Reject, SourceFormat, run_import
+from node._store import StoreCounts, open_store, store_counts
+from node.normalize import IdentifierKind, normalize_email, normalize_phone
+from node.records import COLUMNS, CustomerRecord, parse_record
+
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_BATCH_SIZE",
+    "CustomerRecord",
+    "IdentifierKind",
+    "ImportSummary",
+    "Reject",
+    "SourceFormat",
+    "StoreCounts",
+    "normalize_email",
+    "normalize_phone",
+    "open_store",
+    "parse_record",
+    "run_import",
+    "store_counts",
+]
