@@ -1,0 +1,1 @@
+"""The ``accord`` command: assembles every component's commands, the demo and the benchmarks."""
