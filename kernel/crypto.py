@@ -10,6 +10,18 @@ Recipes have no knobs. Verification raises, it never returns a bool.
 * ``validate_token(token)`` — the one check every token received from outside passes
   before use: 32 bytes, top bit clear, u < p, not of small order, on the curve; anything
   else raises :class:`~kernel.errors.InvalidPoint`.
+* ``BlindingKey`` / ``derive_blinding_key`` — X25519 blinding with a secret derived by
+  HKDF-SHA256 from a node's master secret per (scope, segment, epoch).
+* ``canonical_json`` and ``signed_message`` — RFC 8785 encodings; every signed object
+  is ``b"accord/<kind>/v1\n" + canonical_json(fields)``, so a signature over one kind
+  of object can never be replayed as another.
+* ``SigningKey`` / ``verify_signature`` — Ed25519; verification raises
+  :class:`~kernel.errors.SignatureInvalid`.
+* ``commitment(salt, record)`` — HMAC-SHA256 of a canonical record under a per-record
+  salt: what the audit log stores instead of the record (docs/audit-log.md).
+* ``HpkeKeyPair`` / ``seal`` / ``open_sealed`` — HPKE base mode (RFC 9180,
+  DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-128-GCM) for released payloads.
+* ``random_bytes(n)`` — ``secrets``; tests inject their own sources where they need to.
 
 Why "on the curve, not the twist": X25519 accepts any u, and about half of all 32-byte
 strings are u-coordinates of the quadratic twist. If hash outputs were used as they come,
@@ -22,27 +34,51 @@ The test is Euler's criterion through gmpy2's Jacobi symbol: u is on Curve25519 
 
 from __future__ import annotations
 
-from typing import Final
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 import gmpy2
-from cryptography.hazmat.primitives import hashes
+import rfc8785
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac, hpke, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from kernel.errors import CryptoError, InvalidPoint
+from kernel.errors import CryptoError, DecryptionFailed, InvalidPoint, SignatureInvalid
 
 __all__ = [
     "CURVE25519_A",
     "CURVE25519_P",
     "HASH_TO_CURVE_TAG",
+    "KEY_SIZE",
     "TOKEN_SIZE",
+    "BlindingKey",
+    "HpkeKeyPair",
+    "SigningKey",
+    "canonical_json",
+    "commitment",
+    "derive_blinding_key",
     "hash_to_curve",
+    "hkdf_sha256",
     "is_on_curve",
+    "key_id",
+    "open_sealed",
+    "random_bytes",
+    "random_on_curve_token",
+    "seal",
     "sha256",
+    "signed_message",
     "validate_token",
+    "verify_signature",
 ]
 
 CURVE25519_P: Final = 2**255 - 19
 CURVE25519_A: Final = 486662
 TOKEN_SIZE: Final = 32
+KEY_SIZE: Final = 32
 HASH_TO_CURVE_TAG: Final = b"accord/hash-to-curve/curve25519/v1"
 _MAX_ATTEMPTS: Final = 256  # each attempt succeeds with probability ~1/2
 
@@ -126,3 +162,278 @@ def validate_token(token: bytes) -> int:
     if not is_on_curve(u):
         raise InvalidPoint("a token must be a point on Curve25519, not its twist")
     return u
+
+
+def random_bytes(size: int) -> bytes:
+    """``size`` bytes from the operating system's CSPRNG."""
+    return secrets.token_bytes(size)
+
+
+def random_on_curve_token() -> bytes:
+    """A uniformly random valid token: padding that is indistinguishable from real ones.
+
+    Random bytes through hash-to-curve's own acceptance rule, so dummies and real points
+    share one distribution (both pass ``validate_token``; neither reveals its origin).
+    """
+    while True:
+        u = int.from_bytes(random_bytes(TOKEN_SIZE), "little") & _LOW_255_BITS
+        if u < CURVE25519_P and u not in SMALL_ORDER_U and is_on_curve(u):
+            return u.to_bytes(TOKEN_SIZE, "little")
+
+
+# --- key derivation and blinding -------------------------------------------------------
+
+
+def hkdf_sha256(secret: bytes, *, salt: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:
+    """HKDF-SHA256 (RFC 5869)."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
+
+
+def _length_prefixed_parts(*parts: str | bytes) -> bytes:
+    return b"".join(
+        _length_prefixed(part.encode("utf-8") if isinstance(part, str) else part) for part in parts
+    )
+
+
+class BlindingKey:
+    """An X25519 scalar that blinds tokens: ``blind(P) = [k]P``; ``[a][b]P = [b][a]P``.
+
+    Every token is validated before it is multiplied. The secret never appears in
+    ``repr`` and cannot be read back.
+    """
+
+    __slots__ = ("_key",)
+
+    def __init__(self, secret: bytes) -> None:
+        if not isinstance(secret, bytes) or len(secret) != KEY_SIZE:
+            raise CryptoError(f"a blinding key is {KEY_SIZE} bytes")
+        self._key = X25519PrivateKey.from_private_bytes(secret)
+
+    def __repr__(self) -> str:
+        return "BlindingKey(<secret>)"
+
+    def blind(self, token: bytes) -> bytes:
+        """``[k]·token`` after ``validate_token``; raises ``InvalidPoint``."""
+        validate_token(token)
+        return self._key.exchange(X25519PublicKey.from_public_bytes(token))
+
+    def blind_many(self, tokens: Sequence[bytes]) -> list[bytes]:
+        """``blind`` over a list (one method lookup per list, not per token)."""
+        exchange = self._key.exchange
+        from_bytes = X25519PublicKey.from_public_bytes
+        out = []
+        for token in tokens:
+            validate_token(token)
+            out.append(exchange(from_bytes(token)))
+        return out
+
+
+BLINDING_SALT: Final = b"accord/blinding-key/v1"
+
+
+def derive_blinding_key(master: bytes, *, scope: str, segment: str, epoch: int) -> BlindingKey:
+    """The node's blinding key for one (agreement or flow scope, segment, epoch).
+
+    Keys of different scopes, segments or epochs are independent (HKDF with the three
+    in ``info``), so tokens cannot be linked across them.
+    """
+    if len(master) != KEY_SIZE:
+        raise CryptoError(f"a master secret is {KEY_SIZE} bytes")
+    info = _length_prefixed_parts(scope, segment, str(epoch))
+    return BlindingKey(hkdf_sha256(master, salt=BLINDING_SALT, info=info))
+
+
+# --- canonical encodings and signatures ------------------------------------------------
+
+
+def _json_fast_path_ok(value: Any, depth: int = 0) -> bool:
+    """Whether stdlib json writes ``value`` exactly as RFC 8785 does.
+
+    True for str, bool, None, ints within ±2^53, and lists and dicts of them with ASCII
+    keys; floats (ES number formatting), big ints and other types go through rfc8785.
+    """
+    if value is None or isinstance(value, str | bool):
+        return True
+    if isinstance(value, int):
+        return -(2**53) < value < 2**53
+    if depth > 32:
+        return False
+    if isinstance(value, list | tuple):
+        return all(_json_fast_path_ok(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(
+            isinstance(k, str) and k.isascii() and _json_fast_path_ok(v, depth + 1)
+            for k, v in value.items()
+        )
+    return False
+
+
+def canonical_json(value: Any) -> bytes:
+    """The RFC 8785 (JCS) encoding of ``value``.
+
+    The ``rfc8785`` package defines the output. For the plain values our records hold
+    (strings, small ints, booleans, null, lists, objects with ASCII keys) the stdlib
+    encoder writes the same bytes four times faster, so those take that path; a property
+    test checks the two agree on every such value. Strings that are not valid Unicode
+    (lone surrogates) are refused either way.
+    """
+    if _json_fast_path_ok(value):
+        try:
+            return json.dumps(
+                value, ensure_ascii=False, sort_keys=True, separators=(",", ":")
+            ).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise CryptoError("canonical JSON needs valid Unicode strings") from exc
+    try:
+        return rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError as exc:
+        raise CryptoError(f"no canonical JSON for this value: {exc}") from exc
+
+
+SIGNED_KINDS: Final = frozenset(
+    {
+        "agreement",
+        "agreement-revocation",
+        "overlap-count",
+        "release-batch",
+        "revocation",
+        "revocation-ack",
+        "subject-proof",
+        "tree-head",
+    }
+)
+
+
+def signed_message(kind: str, fields: Mapping[str, Any]) -> bytes:
+    """What is signed for an object of ``kind``: a per-kind prefix and its RFC 8785 form."""
+    if kind not in SIGNED_KINDS:
+        raise CryptoError(f"unknown kind of signed object {kind!r}")
+    return b"accord/" + kind.encode("ascii") + b"/v1\n" + rfc8785.dumps(dict(fields))
+
+
+def key_id(public_key: bytes) -> str:
+    """Lower-case hex SHA-256 of a raw public key: how heads and agreements name keys."""
+    return sha256(public_key).hex()
+
+
+class SigningKey:
+    """An Ed25519 signing key. The private half never appears in ``repr``."""
+
+    __slots__ = ("_key", "public_key", "key_id")
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        self.public_key: bytes = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.key_id: str = key_id(self.public_key)
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> SigningKey:
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
+            raise CryptoError("the signing key file is not a PEM Ed25519 private key") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise CryptoError("the signing key file does not hold an Ed25519 key")
+        return cls(key)
+
+    def to_pem(self) -> bytes:
+        return self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def __repr__(self) -> str:
+        return f"SigningKey(key_id={self.key_id[:16]}…)"
+
+    def sign(self, kind: str, fields: Mapping[str, Any]) -> bytes:
+        """Ed25519 signature over ``signed_message(kind, fields)``."""
+        return self._key.sign(signed_message(kind, fields))
+
+
+def verify_signature(
+    public_key: bytes, kind: str, fields: Mapping[str, Any], signature: bytes
+) -> None:
+    """Check an Ed25519 signature over ``signed_message(kind, fields)``.
+
+    Raises ``SignatureInvalid`` for a malformed key, a malformed signature or a mismatch
+    alike: a peer learns nothing from which.
+    """
+    try:
+        key = Ed25519PublicKey.from_public_bytes(public_key)
+        key.verify(signature, signed_message(kind, fields))
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        raise SignatureInvalid(f"the {kind} signature does not verify") from exc
+
+
+# --- commitments -------------------------------------------------------------------------
+
+COMMITMENT_PREFIX: Final = b"accord/commitment/v1\n"
+SALT_SIZE: Final = 32
+
+
+def commitment(salt: bytes, record: bytes) -> bytes:
+    """HMAC-SHA256 under ``salt`` of a canonical record: hides the record, binds to it.
+
+    Without the salt the commitment says nothing about the record (a dictionary of
+    e-mails does not help); with record and salt anyone can recompute it. Deleting the
+    salt (erasure) leaves the commitment, and every proof over it, valid.
+    """
+    if len(salt) != SALT_SIZE:
+        raise CryptoError(f"a commitment salt is {SALT_SIZE} bytes")
+    mac = hmac.HMAC(salt, hashes.SHA256())
+    mac.update(COMMITMENT_PREFIX + record)
+    return mac.finalize()
+
+
+# --- HPKE --------------------------------------------------------------------------------
+
+_HPKE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM)
+
+
+class HpkeKeyPair:
+    """A node's HPKE (X25519) key pair for released payloads."""
+
+    __slots__ = ("_key", "public_key")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) != KEY_SIZE:
+            raise CryptoError(f"an HPKE private key is {KEY_SIZE} bytes")
+        self._key = X25519PrivateKey.from_private_bytes(secret)
+        self.public_key: bytes = self._key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    def __repr__(self) -> str:
+        return f"HpkeKeyPair(public={self.public_key.hex()[:16]}…)"
+
+    def open(self, sealed: bytes, *, context: bytes) -> bytes:
+        """Decrypt what ``seal`` produced for this key under the same ``context``."""
+        try:
+            return _HPKE.decrypt(sealed, self._key, info=context)
+        except (InvalidTag, ValueError) as exc:
+            raise DecryptionFailed("the sealed payload does not open with this key") from exc
+
+
+def seal(plaintext: bytes, *, recipient_public_key: bytes, context: bytes) -> bytes:
+    """HPKE base-mode encryption (enc ‖ ciphertext) to ``recipient_public_key``.
+
+    ``context`` (the HPKE ``info``) binds agreement, flow and recipient: a batch sealed
+    for one flow does not open under another's context.
+    """
+    try:
+        public = X25519PublicKey.from_public_bytes(recipient_public_key)
+    except ValueError as exc:
+        raise CryptoError("the recipient's HPKE key is not an X25519 public key") from exc
+    return _HPKE.encrypt(plaintext, public, info=context)
+
+
+def open_sealed(pair: HpkeKeyPair, sealed: bytes, *, context: bytes) -> bytes:
+    """``pair.open``, as a function."""
+    return pair.open(sealed, context=context)

@@ -2,8 +2,11 @@
 
 KernelError
 ├── ConfigurationError   a setting is missing or malformed
-└── CryptoError
-    └── InvalidPoint     a value is not a usable Curve25519 u-coordinate
+├── CryptoError
+│   ├── InvalidPoint       a value is not a usable Curve25519 u-coordinate
+│   ├── SignatureInvalid   an Ed25519 signature does not verify
+│   └── DecryptionFailed   an HPKE payload does not open (wrong key, context or data)
+└── KeyStoreError          a node's key directory is missing, incomplete or unreadable
 """
 
 
@@ -21,3 +24,15 @@ class CryptoError(KernelError):
 
 class InvalidPoint(CryptoError):
     """A value is not a usable Curve25519 u-coordinate (wrong length, off-curve, small order)."""
+
+
+class SignatureInvalid(CryptoError):
+    """An Ed25519 signature does not verify (malformed key or signature, or a mismatch)."""
+
+
+class DecryptionFailed(CryptoError):
+    """An HPKE payload does not open: wrong key, wrong context, or altered data."""
+
+
+class KeyStoreError(KernelError):
+    """A node's key directory is missing, incomplete or unreadable."""
