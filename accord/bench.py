@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 import resource
 import tempfile
 import threading
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +145,138 @@ def import_benchmark(
             },
             "targets": {"rows": 1_000_000, "import_s": 60, "peak_rss_mib": 1024},
         }
+
+
+def _consent_events(count: int, *, seed: int, start: datetime) -> list[tuple[str, Any]]:
+    """Synthetic consent events: one subject each, varied purposes, recipients, channels."""
+    from consent import Channel, CollectionMethod, EventType, NewConsentEvent, Notice
+
+    rng = random.Random(seed)
+    notice = Notice("https://solent-boats.example/privacy", "2026-11", "3f" * 32, "en-GB")
+    purposes = ("marketing.cross_sell", "analytics.overlap", "marketing.direct")
+    recipients = ("bluewater-travel", "*")
+    channels = tuple(Channel)
+    events = []
+    for i in range(count):
+        collected = start + timedelta(seconds=i)
+        events.append(
+            (
+                f"SB-{i:08d}",
+                NewConsentEvent(
+                    event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    event_type=EventType.GIVEN,
+                    purpose=purposes[i % len(purposes)],
+                    recipient=recipients[i % len(recipients)],
+                    collected_at=collected,
+                    collection_method=CollectionMethod.WEB_FORM,
+                    actor="bench",
+                    channels=tuple(rng.sample(channels, rng.randint(1, 3))),
+                    notice=notice,
+                    expires_at=collected + timedelta(days=390),
+                ),
+            )
+        )
+    return events
+
+
+def audit_benchmark(*, entries: int, batch: int, db: str | None) -> dict[str, Any]:
+    """Append ``entries`` consent events (a signed head per batch), then verify the log."""
+    from consent import Ledger, NewEntry, migrate_ledger, verify_log
+    from consent.records import consent_record
+    from kernel.crypto import SigningKey
+    from kernel.db import create_db_engine
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    clock_now = start + timedelta(days=400)
+    key = SigningKey.generate()
+    results: dict[str, Any] = {
+        "benchmark": "audit",
+        "entries": entries,
+        "batch": batch,
+        "targets": {"appends_per_s": 20_000, "verify_1m_s": 30},
+    }
+    with tempfile.TemporaryDirectory(prefix="accord-bench-") as scratch:
+        url = database_url(db or str(Path(scratch) / "ledger.db"))
+        results["database"] = url.get_backend_name()
+        events = _consent_events(entries, seed=11, start=start)
+
+        # 1. The whole consent path: validate, pseudonymize, encode, commit, append, sign.
+        engine = create_db_engine(url)
+        try:
+            migrate_ledger(engine)
+            ledger = Ledger(
+                engine,
+                origin="accord/node/bench",
+                controller="bench",
+                signing_key=key,
+                now=lambda: clock_now,
+            )
+            if ledger.size() != 0:
+                raise SystemExit("the benchmark needs an empty database")
+            with PeakRss() as rss:
+                started = time.perf_counter()
+                for offset in range(0, entries, batch):
+                    ledger.record(events[offset : offset + batch])
+                record_s = time.perf_counter() - started
+                started = time.perf_counter()
+                report = verify_log(engine, public_key=key.public_key)
+                verify_s = time.perf_counter() - started
+            assert report.entries == entries and report.records_checked == entries
+        finally:
+            engine.dispose()
+        results["consent_events_per_s"] = round(entries / record_s)
+        results["record_s"] = round(record_s, 2)
+        results["verify_s"] = round(verify_s, 2)
+        results["heads"] = report.heads
+        results["peak_rss_mib"] = mib(rss.main)
+
+        # 2. The log alone: canonical records already encoded, appended with commitments.
+        if db is None:
+            second = database_url(str(Path(scratch) / "log.db"))
+            engine = create_db_engine(second)
+            try:
+                migrate_ledger(engine)
+                log = Ledger(
+                    engine, origin="accord/node/bench2", controller="bench", signing_key=key
+                )
+                pseudonym = "0" * 32
+                records = [
+                    NewEntry(
+                        "consent",
+                        consent_record(
+                            _recorded(event, pseudonym, index, clock_now), controller="bench"
+                        ),
+                        pseudonym,
+                    )
+                    for index, (_, event) in enumerate(events)
+                ]
+                started = time.perf_counter()
+                for offset in range(0, entries, batch):
+                    log.append(records[offset : offset + batch])
+                append_s = time.perf_counter() - started
+            finally:
+                engine.dispose()
+            results["appends_per_s"] = round(entries / append_s)
+            results["append_s"] = round(append_s, 2)
+    return results
+
+
+def _recorded(event: Any, pseudonym: str, index: int, now: datetime) -> Any:
+    from consent import ConsentEvent
+
+    return ConsentEvent(
+        event_id=event.event_id,
+        subject=pseudonym,
+        event_type=event.event_type,
+        purpose=event.purpose,
+        purpose_version=1,
+        recipient=event.recipient,
+        channels=event.channels,
+        collected_at=event.collected_at,
+        collection_method=event.collection_method,
+        actor=event.actor,
+        recorded_at=now,
+        leaf_index=index,
+        notice=event.notice,
+        expires_at=event.expires_at,
+    )

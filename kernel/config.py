@@ -12,8 +12,10 @@ from kernel.errors import ConfigurationError
 
 ENV_DB_URL = "ACCORD_DB_URL"
 ENV_DEFAULT_REGION = "ACCORD_DEFAULT_REGION"
+ENV_KEYS_DIR = "ACCORD_KEYS_DIR"
 DEFAULT_DB_URL = "accord-node.db"
 DEFAULT_REGION = "GB"
+DEFAULT_KEYS_DIR = "accord-keys"
 
 
 def region_code(value: str) -> str:

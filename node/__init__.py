@@ -4,7 +4,14 @@ Public surface; everything else is machinery.
 """
 
 from node._import import DEFAULT_BATCH_SIZE, ImportSummary, Reject, SourceFormat, run_import
-from node._store import StoreCounts, open_store, store_counts
+from node._store import (
+    StoreCounts,
+    customer_exists,
+    delete_customer,
+    find_customer,
+    open_store,
+    store_counts,
+)
 from node.normalize import IdentifierKind, normalize_email, normalize_phone
 from node.records import COLUMNS, CustomerRecord, parse_record
 
@@ -17,6 +24,9 @@ __all__ = [
     "Reject",
     "SourceFormat",
     "StoreCounts",
+    "customer_exists",
+    "delete_customer",
+    "find_customer",
     "normalize_email",
     "normalize_phone",
     "open_store",

@@ -8,13 +8,15 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
+from consent import migrate_ledger
 from kernel.db import create_db_engine, redacted
 from node._tables import CustomerRow, IdentifierRow, InterestRow, PurchaseRow
-from node.errors import StoreError
+from node.errors import AmbiguousSubject, CustomerNotFound, InvalidIdentifier, StoreError
+from node.normalize import normalize_email, normalize_phone
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _customers = CustomerRow.__table__  # type: ignore[attr-defined]
@@ -39,10 +41,14 @@ def migrate(engine: Engine) -> None:
 
 
 def open_store(url: URL) -> Engine:
-    """An engine on the customer store at ``url``, migrated to the newest schema."""
+    """An engine on the node's database at ``url``, migrated to the newest schema.
+
+    The database holds the customer store and the consent ledger; both are migrated.
+    """
     engine = create_db_engine(url)
     try:
         migrate(engine)
+        migrate_ledger(engine)
     except OperationalError as exc:
         engine.dispose()
         raise StoreError(f"cannot open the customer store at {redacted(url)}: {exc.orig}") from exc
@@ -77,3 +83,66 @@ def store_counts(engine: Engine) -> StoreCounts:
             interests=count(_interests),
             purchases=count(_purchases),
         )
+
+
+def customer_exists(engine: Engine, external_id: str) -> bool:
+    with engine.connect() as connection:
+        found = connection.execute(
+            select(_customers.c.id).where(_customers.c.external_id == external_id)
+        ).first()
+    return found is not None
+
+
+def find_customer(engine: Engine, subject: str, *, default_region: str) -> str:
+    """The external id of the customer that ``subject`` names.
+
+    ``subject`` is an external id, or an e-mail or phone as a data-subject request
+    arrives; identifiers are normalized exactly as at import. Raises
+    ``CustomerNotFound`` (or ``AmbiguousSubject``) without echoing the value.
+    """
+    text = subject.strip()
+    if customer_exists(engine, text):
+        return text
+    candidates: list[tuple[str, str]] = []
+    if "@" in text:
+        try:
+            candidates.append(("email", normalize_email(text)))
+        except InvalidIdentifier:
+            pass
+    else:
+        try:
+            candidates.append(("phone", normalize_phone(text, default_region)))
+        except InvalidIdentifier:
+            pass
+    with engine.connect() as connection:
+        for kind, value in candidates:
+            owners = sorted(
+                set(
+                    connection.execute(
+                        select(_customers.c.external_id)
+                        .join(_identifiers, _identifiers.c.customer_id == _customers.c.id)
+                        .where(_identifiers.c.kind == kind, _identifiers.c.value == value)
+                    ).scalars()
+                )
+            )
+            if len(owners) == 1:
+                return str(owners[0])
+            if len(owners) > 1:
+                raise AmbiguousSubject(
+                    f"that {kind} belongs to {len(owners)} customers: name one by external id"
+                )
+    raise CustomerNotFound("no customer has that external id, e-mail or phone")
+
+
+def delete_customer(engine: Engine, external_id: str) -> bool:
+    """Delete a customer and everything stored about them (erasure); True if one existed."""
+    with engine.begin() as connection:
+        customer_id = connection.execute(
+            select(_customers.c.id).where(_customers.c.external_id == external_id)
+        ).scalar_one_or_none()
+        if customer_id is None:
+            return False
+        for table in (_identifiers, _interests, _purchases):
+            connection.execute(delete(table).where(table.c.customer_id == customer_id))
+        connection.execute(delete(_customers).where(_customers.c.id == customer_id))
+    return True

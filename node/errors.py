@@ -6,7 +6,9 @@ NodeError
 │   └── InvalidPhone
 ├── InvalidRow               a customer row breaks the import rules (reason in the message)
 ├── ImportSourceError        the input file itself cannot be read (format, encoding, mapping)
-└── StoreError               the customer store cannot be opened or migrated
+├── StoreError               the customer store cannot be opened or migrated
+└── CustomerNotFound         no customer matches an external id, e-mail or phone
+    └── AmbiguousSubject     an e-mail or phone belongs to several customers
 """
 
 
@@ -36,3 +38,11 @@ class ImportSourceError(NodeError):
 
 class StoreError(NodeError):
     """The customer store cannot be opened or migrated."""
+
+
+class CustomerNotFound(NodeError):
+    """No customer matches the external id, e-mail or phone given (never echoed)."""
+
+
+class AmbiguousSubject(CustomerNotFound):
+    """An e-mail or phone belongs to several customers: name one by external id."""

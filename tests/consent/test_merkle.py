@@ -26,6 +26,7 @@ from consent.merkle import (
     MerkleFrontier,
     consistency_proof,
     inclusion_proof,
+    inclusion_proofs,
     leaf_hash,
     node_hash,
     root_hash,
@@ -657,3 +658,15 @@ def test_a_million_leaves_hash_verify_and_append_well_within_budget() -> None:
     proof = consistency_proof(leaves, n - 1000)
     verify_consistency(n - 1000, n, proof, root_hash(leaves[: n - 1000]), tree_root)
     assert time.perf_counter() - start < 30
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 8, 9, 31, 64, 65, 100, 257])
+def test_inclusion_proofs_in_bulk_equal_one_by_one(size: int) -> None:
+    leaves = LEAVES[:size]
+    bulk = inclusion_proofs(leaves, range(size))
+    root = root_hash(leaves)
+    for index in range(size):
+        assert bulk[index] == inclusion_proof(leaves, index)
+        verify_inclusion(leaves[index], index, size, bulk[index], root)
+    with pytest.raises(ValueError):
+        inclusion_proofs(leaves, [size])

@@ -25,7 +25,11 @@ def test_migrations_build_exactly_the_models_schema(db_url: URL) -> None:
             context = MigrationContext.configure(
                 connection,
                 opts={
+                    # Both sides: tables of other packages share the metadata and database.
                     "include_name": lambda name, type_, _p: type_ != "table" or name in OWN,
+                    "include_object": lambda _o, name, type_, _r, _c: (
+                        type_ != "table" or name in OWN
+                    ),
                     "compare_type": True,
                 },
             )

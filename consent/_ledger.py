@@ -1,0 +1,603 @@
+"""The consent ledger and audit log over a database (SQLite or PostgreSQL).
+
+Appends are serialized by one state row (``audit_log_state``): every append transaction
+first updates it, which takes SQLite's write lock or PostgreSQL's row lock, reads the
+tree's size and frontier, writes the new entries and records, and ends with a signed
+tree head for the new size. A crash rolls the whole transaction back: entries, records,
+head and state move together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from consent._tables import (
+    ConsentEventRow,
+    EntryRow,
+    LogStateRow,
+    RecordRow,
+    SubjectRow,
+    TreeHeadRow,
+)
+from consent.errors import ConsentError, EventConflict, SubjectErased, SubjectNotFound
+from consent.merkle import HASH_SIZE, MerkleFrontier, inclusion_proofs, leaf_hash
+from consent.model import (
+    ANY_RECIPIENT,
+    Channel,
+    CollectionMethod,
+    ConsentEvent,
+    ConsentState,
+    EventType,
+    NewConsentEvent,
+    decide_latest,
+    states_of,
+)
+from consent.proofs import PROOF_FORMAT
+from consent.purposes import purpose
+from consent.records import (
+    SignedTreeHead,
+    consent_record,
+    erasure_record,
+    event_from_record,
+    format_time,
+    leaf_data,
+    record_commitment,
+)
+from kernel.crypto import SALT_SIZE, SigningKey, canonical_json, random_bytes, sha256
+from kernel.db import insert_rows
+
+__all__ = ["ErasureResult", "Ledger", "NewEntry", "utc_now"]
+
+_state_t = LogStateRow.__table__  # type: ignore[attr-defined]
+_entries = EntryRow.__table__  # type: ignore[attr-defined]
+_records = RecordRow.__table__  # type: ignore[attr-defined]
+_heads = TreeHeadRow.__table__  # type: ignore[attr-defined]
+_subjects = SubjectRow.__table__  # type: ignore[attr-defined]
+_events = ConsentEventRow.__table__  # type: ignore[attr-defined]
+
+CONSENT_KIND: Final = "consent"
+ERASURE_KIND: Final = "erasure"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_db_time(moment: datetime) -> datetime:
+    """UTC for storage: SQLite keeps wall-clock text, so every value must be in one zone."""
+    return moment.astimezone(UTC)
+
+
+def from_db_time(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.utcoffset() is None else moment.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntry:
+    """An entry to append: its kind, canonical record and (optional) subject pseudonym."""
+
+    kind: str
+    record: bytes
+    subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureResult:
+    subject: str
+    erased_entries: int
+    tree_head: SignedTreeHead
+
+
+@dataclass(slots=True)
+class _AppendResult:
+    first_index: int
+    head: SignedTreeHead
+    indices: list[int] = field(default_factory=list)
+
+
+class Ledger:
+    """One node's consent ledger and audit log; see the module docstring.
+
+    ``signing_key`` is needed to append (every append ends with a signed head); reading,
+    proving and exporting need only the database.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        origin: str,
+        controller: str,
+        signing_key: SigningKey | None = None,
+        now: Callable[[], datetime] = utc_now,
+        salts: Callable[[int], bytes] = random_bytes,
+    ) -> None:
+        self.engine = engine
+        self.origin = origin
+        self.controller = controller
+        self._signing_key = signing_key
+        self._now = now
+        self._salts = salts
+
+    # --- the log ------------------------------------------------------------------------
+
+    def append(self, entries: Sequence[NewEntry]) -> tuple[list[int], SignedTreeHead]:
+        """Append ``entries`` in one transaction ending in a signed head."""
+        with self.engine.begin() as connection:
+            result = self._append(connection, entries, self._now())
+        return result.indices, result.head
+
+    def _append(
+        self, connection: Connection, entries: Sequence[NewEntry], now: datetime
+    ) -> _AppendResult:
+        if self._signing_key is None:
+            raise ConsentError("appending to the audit log needs the node's signing key")
+        # Take the append lock first (SQLite: the write lock; PostgreSQL: the row lock),
+        # then read the state under it.
+        connection.execute(update(_state_t).where(_state_t.c.id == 1).values(size=_state_t.c.size))
+        row = connection.execute(
+            select(_state_t.c.origin, _state_t.c.size, _state_t.c.frontier).where(
+                _state_t.c.id == 1
+            )
+        ).one()
+        if row.origin is not None and row.origin != self.origin:
+            raise ConsentError(
+                f"this database's audit log is {row.origin!r}, not {self.origin!r}: "
+                "check --db and --keys"
+            )
+        frontier = _frontier(int(row.size), bytes(row.frontier))
+        first = frontier.size
+        entry_rows: list[tuple[int, str, bytes]] = []
+        record_rows: list[tuple[int, str | None, bytes, bytes]] = []
+        for offset, entry in enumerate(entries):
+            index = first + offset
+            salt = self._salts(SALT_SIZE)
+            data = leaf_data(entry.kind, record_commitment(salt, index, entry.record))
+            frontier.append(leaf_hash(data))
+            entry_rows.append((index, entry.kind, data))
+            record_rows.append((index, entry.subject, entry.record, salt))
+        insert_rows(connection, _entries.name, ("leaf_index", "kind", "data"), entry_rows)
+        insert_rows(
+            connection, _records.name, ("leaf_index", "subject", "record", "salt"), record_rows
+        )
+        head = SignedTreeHead.sign(
+            self._signing_key,
+            origin=self.origin,
+            tree_size=frontier.size,
+            root_hash=frontier.root(),
+            timestamp=format_time(now),
+        )
+        connection.execute(
+            update(_state_t)
+            .where(_state_t.c.id == 1)
+            .values(
+                origin=self.origin,
+                size=frontier.size,
+                frontier=b"".join(frontier.to_hashes()),
+            )
+        )
+        if frontier.size > first or first == 0:
+            connection.execute(insert(_heads), [_head_row(head)])
+        return _AppendResult(first, head, list(range(first, frontier.size)))
+
+    def latest_head(self) -> SignedTreeHead | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(_heads).order_by(_heads.c.tree_size.desc()).limit(1)
+            ).first()
+        return None if row is None else _head_from_row(row)
+
+    def head_at(self, tree_size: int) -> SignedTreeHead | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(select(_heads).where(_heads.c.tree_size == tree_size)).first()
+        return None if row is None else _head_from_row(row)
+
+    def size(self) -> int:
+        with self.engine.connect() as connection:
+            return int(
+                connection.execute(select(_state_t.c.size).where(_state_t.c.id == 1)).scalar_one()
+            )
+
+    def leaf_hashes(self, *, upto: int | None = None) -> list[bytes]:
+        query = select(_entries.c.data).order_by(_entries.c.leaf_index)
+        if upto is not None:
+            query = query.where(_entries.c.leaf_index < upto)
+        with self.engine.connect() as connection:
+            return [leaf_hash(bytes(data)) for (data,) in connection.execute(query)]
+
+    # --- subjects ---------------------------------------------------------------------------
+
+    def pseudonym_for(self, external_id: str) -> str:
+        """The pseudonym of the subject with ``external_id``; ``SubjectNotFound`` if none."""
+        with self.engine.connect() as connection:
+            found = connection.execute(
+                select(_subjects.c.pseudonym).where(_subjects.c.external_id == external_id)
+            ).scalar_one_or_none()
+        if found is None:
+            raise SubjectNotFound("no consent has been recorded for this subject")
+        return str(found)
+
+    def _pseudonyms(
+        self, connection: Connection, external_ids: Sequence[str], now: datetime
+    ) -> dict[str, str]:
+        """Pseudonyms for external ids, creating random ones for new subjects."""
+        wanted = sorted(set(external_ids))
+        found: dict[str, str] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            for external_id, pseudonym in connection.execute(
+                select(_subjects.c.external_id, _subjects.c.pseudonym).where(
+                    _subjects.c.external_id.in_(chunk)
+                )
+            ):
+                found[external_id] = pseudonym
+        created = {x: random_bytes(16).hex() for x in wanted if x not in found}
+        if created:
+            connection.execute(
+                insert(_subjects),
+                [
+                    {"pseudonym": p, "external_id": x, "created_at": to_db_time(now)}
+                    for x, p in created.items()
+                ],
+            )
+            found.update(created)
+        return found
+
+    # --- consent events ---------------------------------------------------------------------
+
+    def record(self, submissions: Sequence[tuple[str, NewConsentEvent]]) -> list[ConsentEvent]:
+        """Record consent events for ``(external_id, event)`` pairs in one transaction.
+
+        Idempotent on event id: an event already recorded with the same content is
+        returned as recorded; the same id with other content raises ``EventConflict``.
+        """
+        return self.record_counted(submissions)[0]
+
+    def record_counted(
+        self, submissions: Sequence[tuple[str, NewConsentEvent]]
+    ) -> tuple[list[ConsentEvent], int]:
+        """``record``, also saying how many events were new (the rest were already there)."""
+        now = self._now()
+        for _, event in submissions:
+            event.check(now=now)
+        try:
+            with self.engine.begin() as connection:
+                return self._record(connection, submissions, now)
+        except IntegrityError as exc:  # a concurrent writer recorded the same id first
+            raise EventConflict("an event id in this batch was recorded concurrently") from exc
+
+    def _record(
+        self,
+        connection: Connection,
+        submissions: Sequence[tuple[str, NewConsentEvent]],
+        now: datetime,
+    ) -> tuple[list[ConsentEvent], int]:
+        pseudonyms = self._pseudonyms(connection, [e for e, _ in submissions], now)
+        digests = [_content_digest(pseudonyms[x], event) for x, event in submissions]
+        existing = self._existing(connection, [event.event_id for _, event in submissions])
+        results: list[ConsentEvent | None] = []
+        fresh: list[tuple[int, ConsentEvent]] = []
+        seen: dict[str, str] = {}
+        for position, ((_, event), digest) in enumerate(zip(submissions, digests, strict=True)):
+            known = existing.get(event.event_id) or seen.get(event.event_id)
+            if known is not None:
+                if known != digest:
+                    raise EventConflict(
+                        f"event {event.event_id} is already recorded with other content"
+                    )
+                results.append(None)  # filled from the stored record below
+                continue
+            seen[event.event_id] = digest
+            pseudonym = pseudonyms[submissions[position][0]]
+            recorded = ConsentEvent(
+                event_id=event.event_id,
+                subject=pseudonym,
+                event_type=event.event_type,
+                purpose=event.purpose,
+                purpose_version=purpose(event.purpose).version,
+                recipient=event.recipient,
+                channels=tuple(sorted(event.channels)),
+                collected_at=event.collected_at.astimezone(UTC),
+                collection_method=event.collection_method,
+                actor=event.actor,
+                recorded_at=now,
+                leaf_index=-1,
+                notice=event.notice,
+                expires_at=None if event.expires_at is None else event.expires_at.astimezone(UTC),
+                supersedes=event.supersedes,
+            )
+            results.append(recorded)
+            fresh.append((position, recorded))
+        if fresh:
+            appended = self._append(
+                connection,
+                [
+                    NewEntry(
+                        CONSENT_KIND,
+                        consent_record(event, controller=self.controller),
+                        event.subject,
+                    )
+                    for _, event in fresh
+                ],
+                now,
+            )
+            event_rows = []
+            for (position, pending), index in zip(fresh, appended.indices, strict=True):
+                indexed = replace(pending, leaf_index=index)
+                results[position] = indexed
+                event_rows.append(_event_row(indexed, digests[position]))
+            connection.execute(insert(_events), event_rows)
+        missing = [submissions[i][1].event_id for i, r in enumerate(results) if r is None]
+        if missing:
+            stored = {e.event_id: e for e in self._events_by_id(connection, missing)}
+            results = [r if r is not None else stored[s[1].event_id]
+                       for r, s in zip(results, submissions, strict=True)]  # fmt: skip
+        return [r for r in results if r is not None], len(fresh)
+
+    def _existing(self, connection: Connection, event_ids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        ids = sorted(set(event_ids))
+        for start in range(0, len(ids), 500):
+            for event_id, digest in connection.execute(
+                select(_events.c.event_id, _events.c.content_digest).where(
+                    _events.c.event_id.in_(ids[start : start + 500])
+                )
+            ):
+                found[event_id] = digest
+        return found
+
+    def _events_by_id(self, connection: Connection, event_ids: Sequence[str]) -> list[ConsentEvent]:
+        rows = connection.execute(
+            select(_records.c.leaf_index, _records.c.record)
+            .join(_events, _events.c.leaf_index == _records.c.leaf_index)
+            .where(_events.c.event_id.in_(list(event_ids)))
+        )
+        return [event_from_record(bytes(record), leaf_index=index) for index, record in rows]
+
+    def events_of(self, pseudonym: str) -> list[ConsentEvent]:
+        """Every consent event of a subject, in log order (data-subject access)."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(_records.c.leaf_index, _records.c.record)
+                .join(_entries, _entries.c.leaf_index == _records.c.leaf_index)
+                .where(_records.c.subject == pseudonym, _entries.c.kind == CONSENT_KIND)
+                .order_by(_records.c.leaf_index)
+            )
+            return [event_from_record(bytes(record), leaf_index=index) for index, record in rows]
+
+    def states(self, pseudonym: str, *, now: datetime | None = None) -> list[ConsentState]:
+        return states_of(self.events_of(pseudonym), now=now or self._now())
+
+    def valid_subjects(
+        self, *, purpose: str, recipient: str, now: datetime, need_channel: bool = False
+    ) -> dict[str, tuple[Channel, ...]]:
+        """External ids whose consent for ``purpose`` to ``recipient`` is valid at ``now``.
+
+        With ``need_channel``, only subjects who accept at least one channel (release).
+        The decision is the domain's (``consent.model``): SQL only fetches each subject's
+        candidate events in order; the latest one is decided in Python.
+        """
+        query = (
+            select(
+                _subjects.c.external_id,
+                _events.c.subject,
+                _events.c.event_id,
+                _events.c.event_type,
+                _events.c.purpose_version,
+                _events.c.recipient,
+                _events.c.channels,
+                _events.c.collected_at,
+                _events.c.expires_at,
+                _events.c.leaf_index,
+            )
+            .join(_subjects, _subjects.c.pseudonym == _events.c.subject)
+            .where(
+                _events.c.purpose == purpose,
+                _events.c.recipient.in_([recipient, ANY_RECIPIENT]),
+                _events.c.collected_at <= to_db_time(now),
+                _subjects.c.external_id.is_not(None),
+            )
+            .order_by(_events.c.subject, _events.c.collected_at, _events.c.leaf_index)
+        )
+        valid: dict[str, tuple[Channel, ...]] = {}
+        with self.engine.connect() as connection:
+            latest: Any = None
+            for row in connection.execute(query):
+                if latest is not None and row.subject != latest.subject:
+                    _collect(valid, latest, purpose, recipient, now, need_channel)
+                latest = row
+            if latest is not None:
+                _collect(valid, latest, purpose, recipient, now, need_channel)
+        return valid
+
+    # --- erasure ------------------------------------------------------------------------
+
+    def erase(self, external_id: str, *, actor: str, reason: str) -> ErasureResult:
+        """Crypto-shred a subject: delete records and salts, keep the log; log the erasure."""
+        now = self._now()
+        with self.engine.begin() as connection:
+            pseudonym = connection.execute(
+                select(_subjects.c.pseudonym).where(_subjects.c.external_id == external_id)
+            ).scalar_one_or_none()
+            if pseudonym is None:
+                raise SubjectNotFound("no consent subject with this external id")
+            erased = connection.execute(
+                select(_records.c.leaf_index).where(_records.c.subject == pseudonym)
+            ).all()
+            connection.execute(delete(_events).where(_events.c.subject == pseudonym))
+            connection.execute(delete(_records).where(_records.c.subject == pseudonym))
+            connection.execute(
+                update(_subjects)
+                .where(_subjects.c.pseudonym == pseudonym)
+                .values(external_id=None, erased_at=to_db_time(now))
+            )
+            appended = self._append(
+                connection,
+                [
+                    NewEntry(
+                        ERASURE_KIND,
+                        erasure_record(
+                            subject=pseudonym,
+                            erased_entries=len(erased),
+                            actor=actor,
+                            reason=reason,
+                            erased_at=now,
+                        ),
+                        None,
+                    )
+                ],
+                now,
+            )
+        return ErasureResult(pseudonym, len(erased), appended.head)
+
+    def check_not_erased(self, pseudonym: str) -> None:
+        with self.engine.connect() as connection:
+            erased_at = connection.execute(
+                select(_subjects.c.erased_at).where(_subjects.c.pseudonym == pseudonym)
+            ).scalar_one_or_none()
+        if erased_at is not None:
+            raise SubjectErased("this subject was erased")
+
+    # --- proofs -------------------------------------------------------------------------
+
+    def subject_proof(self, pseudonym: str) -> dict[str, Any]:
+        """An offline-checkable bundle: the subject's records, salts and inclusion proofs.
+
+        Proofs are against the latest signed head (consent.proofs checks such a file).
+        """
+        head = self.latest_head()
+        if head is None:
+            raise SubjectNotFound("the audit log is empty")
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(_entries.c.leaf_index, _entries.c.kind, _records.c.record, _records.c.salt)
+                .join(_records, _records.c.leaf_index == _entries.c.leaf_index)
+                .where(_records.c.subject == pseudonym, _entries.c.leaf_index < head.tree_size)
+                .order_by(_entries.c.leaf_index)
+            ).all()
+        if not rows:
+            raise SubjectNotFound("no audit-log entries for this subject")
+        hashes = self.leaf_hashes(upto=head.tree_size)
+        proofs = inclusion_proofs(hashes, [int(r.leaf_index) for r in rows])
+        return {
+            "format": PROOF_FORMAT,
+            "origin": self.origin,
+            "signing_key_id": head.key_id,
+            "tree_head": head.to_json(),
+            "entries": [
+                {
+                    "leaf_index": int(r.leaf_index),
+                    "kind": r.kind,
+                    "record": bytes(r.record).decode("utf-8"),
+                    "salt": bytes(r.salt).hex(),
+                    "inclusion_proof": [h.hex() for h in proofs[int(r.leaf_index)]],
+                }
+                for r in rows
+            ],
+        }
+
+    def iter_heads(self) -> Iterator[SignedTreeHead]:
+        with self.engine.connect() as connection:
+            for row in connection.execute(select(_heads).order_by(_heads.c.tree_size)):
+                yield _head_from_row(row)
+
+
+def _collect(
+    valid: dict[str, tuple[Channel, ...]],
+    row: Any,
+    purpose_id: str,
+    recipient: str,
+    now: datetime,
+    need_channel: bool,
+) -> None:
+    event = ConsentEvent(
+        event_id=row.event_id,
+        subject=row.subject,
+        event_type=EventType(row.event_type),
+        purpose=purpose_id,
+        purpose_version=int(row.purpose_version),
+        recipient=row.recipient,
+        channels=tuple(Channel(c) for c in row.channels.split(",") if c),
+        collected_at=from_db_time(row.collected_at),
+        # Not needed for the decision, which reads only type, version, recipient,
+        # channels and times; the full record is in audit_records.
+        collection_method=CollectionMethod.API,
+        actor="",
+        recorded_at=from_db_time(row.collected_at),
+        leaf_index=int(row.leaf_index),
+        expires_at=None if row.expires_at is None else from_db_time(row.expires_at),
+    )
+    state = decide_latest(event, purpose=purpose_id, recipient=recipient, now=now)
+    if state.valid and (state.channels or not need_channel):
+        valid[row.external_id] = state.channels
+
+
+def _frontier(size: int, packed: bytes) -> MerkleFrontier:
+    hashes = [packed[i : i + HASH_SIZE] for i in range(0, len(packed), HASH_SIZE)]
+    return MerkleFrontier.from_hashes(size, hashes)
+
+
+def _head_row(head: SignedTreeHead) -> dict[str, Any]:
+    return {
+        "tree_size": head.tree_size,
+        "origin": head.origin,
+        "root_hash": head.root_hash,
+        "timestamp": head.timestamp,
+        "key_id": head.key_id,
+        "signature": head.signature,
+    }
+
+
+def _head_from_row(row: Any) -> SignedTreeHead:
+    return SignedTreeHead(
+        origin=row.origin,
+        tree_size=int(row.tree_size),
+        root_hash=bytes(row.root_hash),
+        timestamp=row.timestamp,
+        key_id=row.key_id,
+        signature=bytes(row.signature),
+    )
+
+
+def _content_digest(pseudonym: str, event: NewConsentEvent) -> str:
+    """Digest of what the caller submitted (the idempotency comparison)."""
+    notice = event.notice
+    content = {
+        "subject": pseudonym,
+        "event_type": event.event_type.value,
+        "purpose": event.purpose,
+        "recipient": event.recipient,
+        "channels": sorted(c.value for c in event.channels),
+        "collected_at": format_time(event.collected_at),
+        "collection_method": event.collection_method.value,
+        "actor": event.actor,
+        "notice": None
+        if notice is None
+        else [notice.reference, notice.version, notice.sha256, notice.language],
+        "expires_at": None if event.expires_at is None else format_time(event.expires_at),
+        "supersedes": event.supersedes,
+    }
+    return sha256(canonical_json(content)).hex()
+
+
+def _event_row(event: ConsentEvent, digest: str) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "leaf_index": event.leaf_index,
+        "subject": event.subject,
+        "event_type": event.event_type.value,
+        "purpose": event.purpose,
+        "purpose_version": event.purpose_version,
+        "recipient": event.recipient,
+        "channels": ",".join(c.value for c in event.channels),
+        "collected_at": to_db_time(event.collected_at),
+        "expires_at": None if event.expires_at is None else to_db_time(event.expires_at),
+        "recorded_at": to_db_time(event.recorded_at),
+        "content_digest": digest,
+    }

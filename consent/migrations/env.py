@@ -1,0 +1,36 @@
+"""Alembic environment for the consent ledger and audit log.
+
+Always run through ``consent.migrate_ledger`` with a live connection; the ledger's tables
+have their own version table so they share a database with the customer store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import context
+
+from consent._tables import CONSENT_TABLES
+from kernel.db import metadata
+
+VERSION_TABLE = "accord_consent_alembic_version"
+_OWN_TABLES = {table.name for table in CONSENT_TABLES}
+
+
+def _include_name(name: str | None, type_: str, _parent: Any) -> bool:
+    if type_ == "table":
+        return name in _OWN_TABLES
+    return True
+
+
+connection = context.config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=metadata(),
+    version_table=VERSION_TABLE,
+    include_name=_include_name,
+    render_as_batch=True,
+    compare_type=True,
+)
+with context.begin_transaction():
+    context.run_migrations()
