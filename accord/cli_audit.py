@@ -98,6 +98,7 @@ def verify(
         "entries": report.entries,
         "heads": report.heads,
         "records_checked": report.records_checked,
+        "consent_events_checked": report.consent_events_checked,
         "erased_entries": report.erased_entries,
         "trusted_head_size": report.trusted_head_size,
         "tree_head": None if report.latest_head is None else report.latest_head.to_json(),

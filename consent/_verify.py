@@ -22,13 +22,16 @@ from it to the latest head is built from the entries and checked.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Generator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
-from consent._tables import EntryRow, LogStateRow, RecordRow, TreeHeadRow
+from consent._ledger import from_db_time
+from consent._tables import ConsentEventRow, EntryRow, LogStateRow, RecordRow, TreeHeadRow
 from consent.errors import LedgerTampered, ProofError, TrustedHeadMismatch
 from consent.merkle import (
     EMPTY_ROOT,
@@ -37,7 +40,13 @@ from consent.merkle import (
     leaf_hash,
     verify_consistency,
 )
-from consent.records import SignedTreeHead, commitment_from_leaf_data, record_commitment
+from consent.records import (
+    SignedTreeHead,
+    commitment_from_leaf_data,
+    format_time,
+    record_commitment,
+)
+from kernel.crypto import SALT_SIZE
 
 __all__ = ["VerifyReport", "verify_log"]
 
@@ -45,6 +54,7 @@ _state_t = LogStateRow.__table__  # type: ignore[attr-defined]
 _entries = EntryRow.__table__  # type: ignore[attr-defined]
 _records = RecordRow.__table__  # type: ignore[attr-defined]
 _heads = TreeHeadRow.__table__  # type: ignore[attr-defined]
+_events = ConsentEventRow.__table__  # type: ignore[attr-defined]
 _BATCH = 10_000
 
 
@@ -54,6 +64,7 @@ class VerifyReport:
     heads: int
     records_checked: int
     erased_entries: int
+    consent_events_checked: int
     latest_head: SignedTreeHead | None
     trusted_head_size: int | None
 
@@ -62,12 +73,11 @@ def verify_log(
     engine: Engine, *, public_key: bytes, trusted_head: SignedTreeHead | None = None
 ) -> VerifyReport:
     """Verify the whole log; raise ``LedgerTampered`` naming the first problem found."""
-    with engine.connect() as connection:
-        state = connection.execute(
-            select(_state_t.c.origin, _state_t.c.size, _state_t.c.frontier).where(
-                _state_t.c.id == 1
-            )
-        ).one()
+    with _snapshot(engine) as connection:
+        state = _state(connection)
+        size_at_start = int(state.size)
+        if state.origin is None and size_at_start:
+            raise LedgerTampered("the append state names no log but the log holds entries")
         heads = [
             SignedTreeHead(
                 origin=row.origin,
@@ -102,51 +112,56 @@ def verify_log(
         if next_head is not None and next_head.tree_size == 0:
             _check_root(next_head, EMPTY_ROOT, previous_size)
             next_head = next(want_heads, None)
-        for row in _stream(connection):
-            index = frontier.size
-            if row.leaf_index != index:
-                raise LedgerTampered(
-                    f"entry {index} is missing (the next entry is {row.leaf_index})"
-                )
-            data = bytes(row.data)
-            commitment = _commitment_of(index, row.kind, data)
-            if row.record is not None:
-                recomputed = record_commitment(bytes(row.salt), index, bytes(row.record))
-                if recomputed != commitment:
+        with closing(_stream(connection)) as rows:
+            for row in rows:
+                index = frontier.size
+                if row.leaf_index != index:
                     raise LedgerTampered(
-                        f"entry {index}: its record does not match its commitment (the "
-                        "record or the entry was altered, or entries were moved)"
+                        f"entry {index} is missing (the next entry is {row.leaf_index})"
                     )
-                checked += 1
-            else:
-                erased += 1
-            hashed = leaf_hash(data)
-            frontier.append(hashed)
-            if leaf_hashes is not None:
-                leaf_hashes.append(hashed)
-            size = frontier.size
-            if trusted_head is not None and size == trusted_head.tree_size:
-                trusted_root = frontier.root()
-            while next_head is not None and next_head.tree_size == size:
-                _check_root(next_head, frontier.root(), previous_size)
-                previous_size = size
-                next_head = next(want_heads, None)
+                data = bytes(row.data)
+                commitment = _commitment_of(index, row.kind, data)
+                if row.record is not None:
+                    salt = bytes(row.salt)
+                    if len(salt) != SALT_SIZE or (
+                        record_commitment(salt, index, bytes(row.record)) != commitment
+                    ):
+                        raise LedgerTampered(
+                            f"entry {index}: its record does not match its commitment (the "
+                            "record, its salt or the entry was altered, or entries were moved)"
+                        )
+                    checked += 1
+                else:
+                    erased += 1
+                hashed = leaf_hash(data)
+                frontier.append(hashed)
+                if leaf_hashes is not None:
+                    leaf_hashes.append(hashed)
+                size = frontier.size
+                if trusted_head is not None and size == trusted_head.tree_size:
+                    trusted_root = frontier.root()
+                while next_head is not None and next_head.tree_size == size:
+                    _check_root(next_head, frontier.root(), previous_size)
+                    previous_size = size
+                    next_head = next(want_heads, None)
+        size = frontier.size
+        if next_head is not None:
+            raise LedgerTampered(
+                f"the signed head of size {next_head.tree_size} covers entries that are gone: "
+                f"the log holds {size} (entries {size}..{next_head.tree_size - 1} were removed)"
+            )
+        last_signed = heads[-1].tree_size if heads else 0
+        if last_signed != size:
+            raise LedgerTampered(
+                f"entries {last_signed}..{size - 1} lie beyond the last signed head "
+                "(inserted after it was signed, or the heads were removed)"
+            )
+        if int(state.size) != size or bytes(state.frontier) != b"".join(frontier.to_hashes()):
+            raise LedgerTampered(
+                f"the append state (size {int(state.size)}) does not match the {size} entries"
+            )
+        projection_checked = _check_consent_projection(connection)
 
-    size = frontier.size
-    if next_head is not None:
-        raise LedgerTampered(
-            f"the signed head of size {next_head.tree_size} covers entries that are gone: "
-            f"the log holds {size} (entries {size}..{next_head.tree_size - 1} were removed)"
-        )
-    if heads and heads[-1].tree_size != size:
-        raise LedgerTampered(
-            f"entries {heads[-1].tree_size}..{size - 1} lie beyond the last signed head "
-            "(inserted after it was signed)"
-        )
-    if int(state.size) != size or bytes(state.frontier) != b"".join(frontier.to_hashes()):
-        raise LedgerTampered(
-            f"the append state (size {int(state.size)}) does not match the {size} entries"
-        )
     if trusted_head is not None:
         _check_trusted(trusted_head, trusted_root, leaf_hashes or [], size)
     return VerifyReport(
@@ -154,12 +169,40 @@ def verify_log(
         heads=len(heads),
         records_checked=checked,
         erased_entries=erased,
+        consent_events_checked=projection_checked,
         latest_head=heads[-1] if heads else None,
         trusted_head_size=None if trusted_head is None else trusted_head.tree_size,
     )
 
 
-def _stream(connection: Any) -> Iterator[Any]:
+def _state(connection: Any) -> Any:
+    state = connection.execute(
+        select(_state_t.c.origin, _state_t.c.size, _state_t.c.frontier).where(_state_t.c.id == 1)
+    ).first()
+    if state is None:
+        raise LedgerTampered("the append state of the log is missing")
+    return state
+
+
+@contextmanager
+def _snapshot(engine: Engine) -> Generator[Connection, None, None]:
+    """A connection that reads one consistent snapshot, whatever appends run meanwhile.
+
+    PostgreSQL: a REPEATABLE READ transaction. SQLite: an explicit read transaction (the
+    driver would otherwise run each SELECT on its own, in whatever state it finds).
+    """
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection = connection.execution_options(isolation_level="REPEATABLE READ")
+        else:
+            connection.exec_driver_sql("BEGIN")
+        try:
+            yield connection
+        finally:
+            connection.rollback()
+
+
+def _stream(connection: Any) -> Generator[Any, None, None]:
     query = (
         select(
             _entries.c.leaf_index,
@@ -171,8 +214,72 @@ def _stream(connection: Any) -> Iterator[Any]:
         .outerjoin(_records, _records.c.leaf_index == _entries.c.leaf_index)
         .order_by(_entries.c.leaf_index)
     )
-    result = connection.execution_options(stream_results=True, yield_per=_BATCH).execute(query)
-    yield from result
+    with connection.execution_options(stream_results=True, yield_per=_BATCH).execute(
+        query
+    ) as result:
+        yield from result
+
+
+def _check_consent_projection(connection: Any) -> int:
+    """The consent-event columns flows decide on must say what the committed records say."""
+    query = (
+        select(
+            _events.c.leaf_index,
+            _events.c.event_id,
+            _events.c.subject,
+            _events.c.event_type,
+            _events.c.purpose,
+            _events.c.purpose_version,
+            _events.c.recipient,
+            _events.c.channels,
+            _events.c.collected_at,
+            _events.c.expires_at,
+            _records.c.record,
+            _entries.c.kind,
+        )
+        .outerjoin(_records, _records.c.leaf_index == _events.c.leaf_index)
+        .outerjoin(_entries, _entries.c.leaf_index == _events.c.leaf_index)
+    )
+    checked = 0
+    with connection.execution_options(stream_results=True, yield_per=_BATCH).execute(
+        query
+    ) as result:
+        for row in result:
+            if row.record is None or row.kind != "consent":
+                raise LedgerTampered(
+                    f"consent event {row.event_id} points at entry {row.leaf_index}, which "
+                    "holds no consent record"
+                )
+            record = json.loads(row.record)
+            projected = (
+                row.event_id,
+                row.subject,
+                row.event_type,
+                row.purpose,
+                int(row.purpose_version),
+                row.recipient,
+                row.channels,
+                format_time(from_db_time(row.collected_at)),
+                None if row.expires_at is None else format_time(from_db_time(row.expires_at)),
+            )
+            committed = (
+                record.get("event_id"),
+                record.get("subject"),
+                record.get("event_type"),
+                record.get("purpose"),
+                record.get("purpose_version"),
+                record.get("recipient"),
+                ",".join(record.get("channels") or ()),
+                record.get("collected_at"),
+                record.get("expires_at"),
+            )
+            if projected != committed:
+                raise LedgerTampered(
+                    f"consent event {row.event_id} (entry {row.leaf_index}): its columns, "
+                    "which flows decide on, differ from the committed record"
+                )
+            checked += 1
+    return checked
 
 
 def _commitment_of(index: int, kind: str, data: bytes) -> bytes:

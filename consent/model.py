@@ -47,10 +47,19 @@ __all__ = [
 
 ANY_RECIPIENT: Final = "*"
 MAX_CLOCK_SKEW: Final = timedelta(minutes=5)
-_RECIPIENT = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_ACTOR = re.compile(r"^[\w .@:/+-]{1,128}$")
+_RECIPIENT = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*\Z")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_ACTOR = re.compile(r"^[\w .@:/+-]{1,128}\Z")
+
+
+def _canonical_uuid(text: str) -> bool:
+    """One spelling per id: ids are idempotency keys, so ``{…}`` or upper case must not
+    make the same UUID a second event."""
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
 
 
 class EventType(StrEnum):
@@ -131,10 +140,10 @@ class NewConsentEvent:
 
     def check(self, *, now: datetime) -> None:
         """Raise ``InvalidConsentEvent`` (or ``UnknownPurpose``) naming the broken rule."""
-        try:
-            uuid.UUID(self.event_id)
-        except ValueError:
-            raise InvalidConsentEvent("event_id must be a UUID") from None
+        if not _canonical_uuid(self.event_id):
+            raise InvalidConsentEvent(
+                "event_id must be a UUID in its canonical form (lower-case, hyphenated)"
+            )
         purpose(self.purpose)
         if self.recipient != ANY_RECIPIENT and not _RECIPIENT.match(self.recipient):
             raise InvalidConsentEvent(
@@ -163,11 +172,8 @@ class NewConsentEvent:
             raise InvalidConsentEvent(f"a {self.event_type} event takes no channels")
         if self.notice is not None:
             self.notice.check()
-        if self.supersedes is not None:
-            try:
-                uuid.UUID(self.supersedes)
-            except ValueError:
-                raise InvalidConsentEvent("supersedes must be an event id (UUID)") from None
+        if self.supersedes is not None and not _canonical_uuid(self.supersedes):
+            raise InvalidConsentEvent("supersedes must be an event id (canonical UUID)")
 
 
 @dataclass(frozen=True, slots=True)

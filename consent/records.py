@@ -71,7 +71,7 @@ def record_commitment(salt: bytes, leaf_index: int, record: bytes) -> bytes:
     return commitment(salt, leaf_index.to_bytes(8, "big") + record)
 
 
-_KIND = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+_KIND = re.compile(r"^[a-z][a-z0-9-]{0,31}\Z")
 
 
 def leaf_data(kind: str, entry_commitment: bytes) -> bytes:

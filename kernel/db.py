@@ -29,7 +29,7 @@ NAMING_CONVENTION = {
 SQLModel.metadata.naming_convention = NAMING_CONVENTION
 
 
-_HOST = re.compile(r"^[A-Za-z0-9._%:-]+$")  # a name, IPv4, or IPv6 (brackets removed)
+_HOST = re.compile(r"^[A-Za-z0-9._%:-]+\Z")  # a name, IPv4, or IPv6 (brackets removed)
 
 
 def metadata() -> MetaData:

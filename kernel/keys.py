@@ -27,7 +27,7 @@ from kernel.errors import ConfigurationError, CryptoError, KeyStoreError
 
 __all__ = ["NAME_PATTERN", "KeyStore", "PartyIdentity", "check_party_name"]
 
-NAME_PATTERN: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+NAME_PATTERN: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 IDENTITY_FILE: Final = "identity.json"
 SIGNING_FILE: Final = "signing.pem"
 MASTER_FILE: Final = "master.key"

@@ -50,10 +50,10 @@ _US = "\x1f"  # ASCII unit separator
 _RS = "\x1e"  # ASCII record separator
 MAX_IDENTIFIERS_PER_KIND = 8
 MAX_TEXT = 128
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 _MAX_AMOUNT = Decimal("1e10")
 _CENT = Decimal("0.01")
-_TOKEN = re.compile(r"^[a-z0-9][a-z0-9 _&/-]{0,63}$")
+_TOKEN = re.compile(r"^[a-z0-9][a-z0-9 _&/-]{0,63}\Z")
 _COUNTRIES = frozenset(phonenumbers.SUPPORTED_REGIONS)
 _IDENTIFIER_COLUMNS = tuple((kind, kind.value) for kind in IdentifierKind)
 
