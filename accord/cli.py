@@ -16,14 +16,20 @@ from accord._options import err, out
 from accord.cli_audit import audit_app
 from accord.cli_bench import bench_app
 from accord.cli_consent import consent_app
+from accord.cli_exchange import agreement_app, audience_app
 from accord.cli_node import node_app
+from accord.cli_serve import broker_app, node_serve
 
 app = typer.Typer(
     help="Accord: a privacy-preserving exchange for collaborative CRM.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+node_app.command("serve")(node_serve)
 app.add_typer(node_app, name="node")
+app.add_typer(broker_app, name="broker")
+app.add_typer(agreement_app, name="agreement")
+app.add_typer(audience_app, name="audience")
 app.add_typer(consent_app, name="consent")
 app.add_typer(audit_app, name="audit")
 app.add_typer(bench_app, name="bench")

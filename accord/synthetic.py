@@ -288,3 +288,44 @@ def _break(row: dict[str, str], kind: str) -> None:
         row["age_band"] = "17"
     else:  # pragma: no cover - BAD_KINDS is closed
         raise ValueError(kind)
+
+
+CONSENT_HEADER = (
+    "subject", "event_type", "purpose", "recipient", "channels", "collected_at",
+    "collection_method", "notice_reference", "notice_version", "notice_sha256",
+    "notice_language", "expires_at", "actor",
+)  # fmt: skip
+NOTICE_SHA256 = "9f2c1e5d7a3b4c6e8f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60"
+
+
+def consents_to(seed: int, person: int, partner: str, rate: float) -> bool:
+    """Whether ``person`` consented to ``partner`` (deterministic, independent per partner)."""
+    return random.Random(f"{seed}:{person}:{partner}").random() < rate
+
+
+def write_consents(
+    path: Path,
+    truth: ExportTruth,
+    *,
+    company: Company,
+    partner: str,
+    purpose: str,
+    seed: int,
+    rate: float = 0.8,
+) -> set[int]:
+    """A consent export for ``truth``'s customers: about ``rate`` of them consent to
+    ``partner`` for ``purpose``; returns who did (ground truth for demos and benchmarks)."""
+    consented: set[int] = set()
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CONSENT_HEADER)
+        for person, external_id in sorted(truth.external_ids.items()):
+            if not consents_to(seed, person, partner, rate):
+                continue
+            consented.add(person)
+            writer.writerow([
+                external_id, "given", purpose, partner, "email;post", "2026-06-01T10:00:00Z",
+                "web_form", f"https://{company.id_prefix.lower()}.example/privacy", "3",
+                NOTICE_SHA256, "en-GB", "2027-12-01T10:00:00Z", "crm-sync",
+            ])  # fmt: skip
+    return consented

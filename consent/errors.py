@@ -10,7 +10,10 @@ ConsentError
 ├── LedgerTampered         the audit log does not verify (the message names the entry)
 ├── TrustedHeadMismatch    the log is not consistent with a head published earlier
 │                          (also a LedgerTampered)
-└── ProofBundleInvalid     an exported proof file does not check out
+├── ProofBundleInvalid     an exported proof file does not check out
+├── InvalidAgreement       agreement terms break a rule, or a signature does not verify
+└── AgreementInactive      no flow may run under the agreement now (unsigned, not yet
+                           valid, expired, revoked)
 """
 
 
@@ -57,3 +60,11 @@ class TrustedHeadMismatch(LedgerTampered):
 
 class ProofBundleInvalid(ConsentError):
     """An exported proof file does not check out; the message says which part failed."""
+
+
+class InvalidAgreement(ConsentError):
+    """Agreement terms break a rule, or a signature over them does not verify."""
+
+
+class AgreementInactive(ConsentError):
+    """No flow may run under the agreement now: unsigned, not yet valid, expired, revoked."""

@@ -60,6 +60,7 @@ __all__ = [
     "SigningKey",
     "canonical_json",
     "commitment",
+    "blinding_secret",
     "derive_blinding_key",
     "hash_to_curve",
     "hkdf_sha256",
@@ -231,16 +232,21 @@ class BlindingKey:
 BLINDING_SALT: Final = b"accord/blinding-key/v1"
 
 
-def derive_blinding_key(master: bytes, *, scope: str, segment: str, epoch: int) -> BlindingKey:
-    """The node's blinding key for one (agreement or flow scope, segment, epoch).
+def blinding_secret(master: bytes, *, scope: str, segment: str, epoch: int) -> bytes:
+    """The 32-byte blinding secret for one (agreement or flow scope, segment, epoch).
 
-    Keys of different scopes, segments or epochs are independent (HKDF with the three
-    in ``info``), so tokens cannot be linked across them.
+    Secrets of different scopes, segments or epochs are independent (HKDF with the three,
+    length-prefixed, in ``info``), so tokens cannot be linked across them.
     """
     if len(master) != KEY_SIZE:
         raise CryptoError(f"a master secret is {KEY_SIZE} bytes")
     info = _length_prefixed_parts(scope, segment, str(epoch))
-    return BlindingKey(hkdf_sha256(master, salt=BLINDING_SALT, info=info))
+    return hkdf_sha256(master, salt=BLINDING_SALT, info=info)
+
+
+def derive_blinding_key(master: bytes, *, scope: str, segment: str, epoch: int) -> BlindingKey:
+    """``BlindingKey(blinding_secret(...))``."""
+    return BlindingKey(blinding_secret(master, scope=scope, segment=segment, epoch=epoch))
 
 
 # --- canonical encodings and signatures ------------------------------------------------

@@ -4,6 +4,7 @@ Public surface; everything else is machinery.
 """
 
 from node._import import DEFAULT_BATCH_SIZE, ImportSummary, Reject, SourceFormat, run_import
+from node._server import NodeServer, create_node_server, register_with_broker
 from node._store import (
     StoreCounts,
     customer_exists,
@@ -21,9 +22,11 @@ __all__ = [
     "CustomerRecord",
     "IdentifierKind",
     "ImportSummary",
+    "NodeServer",
     "Reject",
     "SourceFormat",
     "StoreCounts",
+    "create_node_server",
     "customer_exists",
     "delete_customer",
     "find_customer",
@@ -31,6 +34,7 @@ __all__ = [
     "normalize_phone",
     "open_store",
     "parse_record",
+    "register_with_broker",
     "run_import",
     "store_counts",
 ]

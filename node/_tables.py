@@ -93,9 +93,68 @@ class PurchaseRow(SQLModel, table=True):
     amount: Decimal = Field(sa_column=Column(Numeric(12, 2), nullable=False))
 
 
+class AgreementRow(SQLModel, table=True):
+    """This node's own signed copy of an agreement it is party to."""
+
+    __tablename__ = "node_agreements"
+
+    agreement_id: str = Field(sa_column=Column(String(36), primary_key=True))
+    role: str = Field(sa_column=Column(String(16), nullable=False))  # owner | recipient
+    partner: str = Field(sa_column=Column(String(64), nullable=False))
+    canonical: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    owner_signature: bytes = Field(sa_column=Column(LargeBinary(64), nullable=False))
+    recipient_signature: bytes = Field(sa_column=Column(LargeBinary(64), nullable=False))
+    rotation: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    received_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
+class BlindUsageRow(SQLModel, table=True):
+    """Identifiers this node blinded under an agreement in one epoch (the cap's counter)."""
+
+    __tablename__ = "node_blind_usage"
+
+    agreement_id: str = Field(sa_column=Column(String(36), primary_key=True))
+    epoch: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    rotation: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    identifiers: int = Field(sa_column=Column(Integer, nullable=False))
+
+
+class FlowRow(SQLModel, table=True):
+    """A flow this node took part in, as the node saw it (results stay on the node)."""
+
+    __tablename__ = "node_flows"
+
+    flow_id: str = Field(sa_column=Column(String(36), primary_key=True))
+    agreement_id: str = Field(sa_column=Column(String(36), nullable=False, index=True))
+    role: str = Field(sa_column=Column(String(16), nullable=False))
+    state: str = Field(sa_column=Column(String(16), nullable=False))
+    matched_customers: int | None = Field(default=None, sa_column=Column(Integer))
+    delete_after: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class MatchRow(SQLModel, table=True):
+    """One of this node's own customers found in a partner's segment (match mode)."""
+
+    __tablename__ = "node_match_results"
+
+    flow_id: str = Field(
+        sa_column=Column(String(36), ForeignKey("node_flows.flow_id"), primary_key=True)
+    )
+    customer_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
+    )
+
+
 NODE_TABLES = (
     CustomerRow.__table__,  # type: ignore[attr-defined]
     IdentifierRow.__table__,  # type: ignore[attr-defined]
     InterestRow.__table__,  # type: ignore[attr-defined]
     PurchaseRow.__table__,  # type: ignore[attr-defined]
+    AgreementRow.__table__,  # type: ignore[attr-defined]
+    BlindUsageRow.__table__,  # type: ignore[attr-defined]
+    FlowRow.__table__,  # type: ignore[attr-defined]
+    MatchRow.__table__,  # type: ignore[attr-defined]
 )

@@ -7,8 +7,11 @@ NodeError
 ├── InvalidRow               a customer row breaks the import rules (reason in the message)
 ├── ImportSourceError        the input file itself cannot be read (format, encoding, mapping)
 ├── StoreError               the customer store cannot be opened or migrated
-└── CustomerNotFound         no customer matches an external id, e-mail or phone
-    └── AmbiguousSubject     an e-mail or phone belongs to several customers
+├── CustomerNotFound         no customer matches an external id, e-mail or phone
+│   └── AmbiguousSubject     an e-mail or phone belongs to several customers
+├── AgreementUnknown         the node holds no (or a conflicting) copy of an agreement
+├── FlowRefused              the node will not take part in a flow (reason attached)
+└── BrokerUnavailable        the broker cannot be reached or refused the request
 """
 
 
@@ -46,3 +49,19 @@ class CustomerNotFound(NodeError):
 
 class AmbiguousSubject(CustomerNotFound):
     """An e-mail or phone belongs to several customers: name one by external id."""
+
+
+class AgreementUnknown(NodeError):
+    """The node holds no copy of the agreement (or one with other terms)."""
+
+
+class FlowRefused(NodeError):
+    """The node refuses its part of a flow; ``reason`` is a FlowFailureReason name."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class BrokerUnavailable(NodeError):
+    """The broker cannot be reached, or refused the request (its message says why)."""

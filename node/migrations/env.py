@@ -18,6 +18,14 @@ _OWN_TABLES = {table.name for table in NODE_TABLES}
 
 
 def _include_name(name: str | None, type_: str, _parent: Any) -> bool:
+    """Reflected side: only this package's tables."""
+    if type_ == "table":
+        return name in _OWN_TABLES
+    return True
+
+
+def _include_object(_object: Any, name: str | None, type_: str, *_: Any) -> bool:
+    """Model side: the shared metadata holds every package's tables; keep ours."""
     if type_ == "table":
         return name in _OWN_TABLES
     return True
@@ -29,6 +37,7 @@ context.configure(
     target_metadata=metadata(),
     version_table=VERSION_TABLE,
     include_name=_include_name,
+    include_object=_include_object,
     render_as_batch=True,
     compare_type=True,
 )

@@ -27,23 +27,23 @@ from kernel.wire.accord.common.v1 import common_pb2 as accord_dot_common_dot_v1_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n accord/common/v1/agreement.proto\x12\x10\x61\x63\x63ord.common.v1\x1a\x1d\x61\x63\x63ord/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x04\n\tAgreement\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12)\n\x05owner\x18\x02 \x01(\x0b\x32\x1a.accord.common.v1.NodeKeys\x12-\n\trecipient\x18\x03 \x01(\x0b\x32\x1a.accord.common.v1.NodeKeys\x12\x13\n\x0bsegment_ids\x18\x04 \x03(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x31\n\x0boutput_mode\x18\x06 \x01(\x0e\x32\x1c.accord.common.v1.OutputMode\x12\x17\n\x0freleased_fields\x18\x07 \x03(\t\x12\x16\n\x0emin_audience_k\x18\x08 \x01(\r\x12\x37\n\x0eprivacy_budget\x18\t \x01(\x0b\x32\x1f.accord.common.v1.PrivacyBudget\x12\x14\n\x0cmax_set_size\x18\n \x01(\x04\x12\x1c\n\x14\x65poch_identifier_cap\x18\x0b \x01(\x04\x12\x1c\n\x14\x65poch_length_seconds\x18\x0c \x01(\r\x12\x16\n\x0eretention_days\x18\r \x01(\r\x12.\n\nvalid_from\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12rate_limit_per_day\x18\x10 \x01(\r\"A\n\rPrivacyBudget\x12\x15\n\repsilon_total\x18\x01 \x01(\t\x12\x19\n\x11\x65psilon_per_count\x18\x02 \x01(\t\"d\n\x0fSignedAgreement\x12\x1b\n\x13\x63\x61nonical_agreement\x18\x01 \x01(\x0c\x12\x17\n\x0fowner_signature\x18\x02 \x01(\x0c\x12\x1b\n\x13recipient_signature\x18\x03 \x01(\x0c\"\x91\x01\n\x13\x41greementRevocation\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12.\n\nrevoked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"\xd1\x02\n\x0f\x41greementStatus\x12;\n\x10signed_agreement\x18\x01 \x01(\x0b\x32!.accord.common.v1.SignedAgreement\x12.\n\tagreement\x18\x02 \x01(\x0b\x32\x1b.accord.common.v1.Agreement\x12/\n\x05state\x18\x03 \x01(\x0e\x32 .accord.common.v1.AgreementState\x12\x18\n\x10\x61greement_digest\x18\x04 \x01(\x0c\x12\x30\n\x0c\x61\x63tivated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\nrevocation\x18\x06 \x01(\x0b\x32%.accord.common.v1.AgreementRevocation\x12\x19\n\x11\x65psilon_remaining\x18\x07 \x01(\t*\xa5\x01\n\x0e\x41greementState\x12\x1f\n\x1b\x41GREEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41GREEMENT_STATE_PROPOSED\x10\x01\x12\x1a\n\x16\x41GREEMENT_STATE_ACTIVE\x10\x02\x12\x1b\n\x17\x41GREEMENT_STATE_REVOKED\x10\x03\x12\x1b\n\x17\x41GREEMENT_STATE_EXPIRED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n accord/common/v1/agreement.proto\x12\x10\x61\x63\x63ord.common.v1\x1a\x1d\x61\x63\x63ord/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x04\n\tAgreement\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12)\n\x05owner\x18\x02 \x01(\x0b\x32\x1a.accord.common.v1.NodeKeys\x12-\n\trecipient\x18\x03 \x01(\x0b\x32\x1a.accord.common.v1.NodeKeys\x12\x13\n\x0bsegment_ids\x18\x04 \x03(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x31\n\x0boutput_mode\x18\x06 \x01(\x0e\x32\x1c.accord.common.v1.OutputMode\x12\x17\n\x0freleased_fields\x18\x07 \x03(\t\x12\x16\n\x0emin_audience_k\x18\x08 \x01(\r\x12\x37\n\x0eprivacy_budget\x18\t \x01(\x0b\x32\x1f.accord.common.v1.PrivacyBudget\x12\x14\n\x0cmax_set_size\x18\n \x01(\x04\x12\x1c\n\x14\x65poch_identifier_cap\x18\x0b \x01(\x04\x12\x1c\n\x14\x65poch_length_seconds\x18\x0c \x01(\r\x12\x16\n\x0eretention_days\x18\r \x01(\r\x12.\n\nvalid_from\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12rate_limit_per_day\x18\x10 \x01(\r\x12:\n\x10identifier_kinds\x18\x11 \x03(\x0e\x32 .accord.common.v1.IdentifierKind\"A\n\rPrivacyBudget\x12\x15\n\repsilon_total\x18\x01 \x01(\t\x12\x19\n\x11\x65psilon_per_count\x18\x02 \x01(\t\"d\n\x0fSignedAgreement\x12\x1b\n\x13\x63\x61nonical_agreement\x18\x01 \x01(\x0c\x12\x17\n\x0fowner_signature\x18\x02 \x01(\x0c\x12\x1b\n\x13recipient_signature\x18\x03 \x01(\x0c\"\x91\x01\n\x13\x41greementRevocation\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12.\n\nrevoked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"\xd1\x02\n\x0f\x41greementStatus\x12;\n\x10signed_agreement\x18\x01 \x01(\x0b\x32!.accord.common.v1.SignedAgreement\x12.\n\tagreement\x18\x02 \x01(\x0b\x32\x1b.accord.common.v1.Agreement\x12/\n\x05state\x18\x03 \x01(\x0e\x32 .accord.common.v1.AgreementState\x12\x18\n\x10\x61greement_digest\x18\x04 \x01(\x0c\x12\x30\n\x0c\x61\x63tivated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\nrevocation\x18\x06 \x01(\x0b\x32%.accord.common.v1.AgreementRevocation\x12\x19\n\x11\x65psilon_remaining\x18\x07 \x01(\t*\xa5\x01\n\x0e\x41greementState\x12\x1f\n\x1b\x41GREEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41GREEMENT_STATE_PROPOSED\x10\x01\x12\x1a\n\x16\x41GREEMENT_STATE_ACTIVE\x10\x02\x12\x1b\n\x17\x41GREEMENT_STATE_REVOKED\x10\x03\x12\x1b\n\x17\x41GREEMENT_STATE_EXPIRED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kernel.wire.accord.common.v1.agreement_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGREEMENTSTATE']._serialized_start=1328
-  _globals['_AGREEMENTSTATE']._serialized_end=1493
+  _globals['_AGREEMENTSTATE']._serialized_start=1388
+  _globals['_AGREEMENTSTATE']._serialized_end=1553
   _globals['_AGREEMENT']._serialized_start=119
-  _globals['_AGREEMENT']._serialized_end=668
-  _globals['_PRIVACYBUDGET']._serialized_start=670
-  _globals['_PRIVACYBUDGET']._serialized_end=735
-  _globals['_SIGNEDAGREEMENT']._serialized_start=737
-  _globals['_SIGNEDAGREEMENT']._serialized_end=837
-  _globals['_AGREEMENTREVOCATION']._serialized_start=840
-  _globals['_AGREEMENTREVOCATION']._serialized_end=985
-  _globals['_AGREEMENTSTATUS']._serialized_start=988
-  _globals['_AGREEMENTSTATUS']._serialized_end=1325
+  _globals['_AGREEMENT']._serialized_end=728
+  _globals['_PRIVACYBUDGET']._serialized_start=730
+  _globals['_PRIVACYBUDGET']._serialized_end=795
+  _globals['_SIGNEDAGREEMENT']._serialized_start=797
+  _globals['_SIGNEDAGREEMENT']._serialized_end=897
+  _globals['_AGREEMENTREVOCATION']._serialized_start=900
+  _globals['_AGREEMENTREVOCATION']._serialized_end=1045
+  _globals['_AGREEMENTSTATUS']._serialized_start=1048
+  _globals['_AGREEMENTSTATUS']._serialized_end=1385
 # @@protoc_insertion_point(module_scope)

@@ -78,6 +78,7 @@ class Agreement(_message.Message):
     VALID_FROM_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_PER_DAY_FIELD_NUMBER: _builtins.int
+    IDENTIFIER_KINDS_FIELD_NUMBER: _builtins.int
     agreement_id: _builtins.str
     """UUID, minted by the owner node when it proposes the agreement."""
     purpose: _builtins.str
@@ -134,6 +135,12 @@ class Agreement(_message.Message):
 
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def identifier_kinds(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.IdentifierKind.ValueType]:
+        """Identifier kinds that may match (a customer matches when any of them does); both
+        when empty.
+        """
+
     def __init__(
         self,
         *,
@@ -153,10 +160,11 @@ class Agreement(_message.Message):
         valid_from: _timestamp_pb2.Timestamp | None = ...,
         valid_until: _timestamp_pb2.Timestamp | None = ...,
         rate_limit_per_day: _builtins.int = ...,
+        identifier_kinds: _abc.Iterable[_common_pb2.IdentifierKind.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "privacy_budget", b"privacy_budget", "recipient", b"recipient", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "epoch_identifier_cap", b"epoch_identifier_cap", "epoch_length_seconds", b"epoch_length_seconds", "max_set_size", b"max_set_size", "min_audience_k", b"min_audience_k", "output_mode", b"output_mode", "owner", b"owner", "privacy_budget", b"privacy_budget", "purpose", b"purpose", "rate_limit_per_day", b"rate_limit_per_day", "recipient", b"recipient", "released_fields", b"released_fields", "retention_days", b"retention_days", "segment_ids", b"segment_ids", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "epoch_identifier_cap", b"epoch_identifier_cap", "epoch_length_seconds", b"epoch_length_seconds", "identifier_kinds", b"identifier_kinds", "max_set_size", b"max_set_size", "min_audience_k", b"min_audience_k", "output_mode", b"output_mode", "owner", b"owner", "privacy_budget", b"privacy_budget", "purpose", b"purpose", "rate_limit_per_day", b"rate_limit_per_day", "recipient", b"recipient", "released_fields", b"released_fields", "retention_days", b"retention_days", "segment_ids", b"segment_ids", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

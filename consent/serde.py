@@ -1,0 +1,146 @@
+"""Paired conversions between consent's domain values and the wire messages.
+
+Adapters only: the domain modules never import generated code. Each ``*_to_proto`` has a
+``*_from_proto`` and a round-trip test (tests/consent/test_serde.py).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from consent.agreements import Agreement, AgreementState, OutputMode, PartyKeys, SignedAgreement
+from consent.records import SignedTreeHead, format_time, parse_time
+from kernel.wire.accord.common.v1 import agreement_pb2, audit_pb2, common_pb2
+
+__all__ = [
+    "agreement_to_proto",
+    "keys_from_proto",
+    "keys_to_proto",
+    "mode_from_proto",
+    "mode_to_proto",
+    "signed_agreement_from_proto",
+    "signed_agreement_to_proto",
+    "state_to_proto",
+    "time_from_proto",
+    "time_to_proto",
+    "tree_head_from_proto",
+    "tree_head_to_proto",
+]
+
+_MODES = {
+    OutputMode.OVERLAP: common_pb2.OUTPUT_MODE_OVERLAP,
+    OutputMode.MATCH: common_pb2.OUTPUT_MODE_MATCH,
+    OutputMode.RELEASE: common_pb2.OUTPUT_MODE_RELEASE,
+}
+_STATES = {
+    AgreementState.PROPOSED: agreement_pb2.AGREEMENT_STATE_PROPOSED,
+    AgreementState.ACTIVE: agreement_pb2.AGREEMENT_STATE_ACTIVE,
+    AgreementState.REVOKED: agreement_pb2.AGREEMENT_STATE_REVOKED,
+    AgreementState.EXPIRED: agreement_pb2.AGREEMENT_STATE_EXPIRED,
+}
+_KINDS = {"email": common_pb2.IDENTIFIER_KIND_EMAIL, "phone": common_pb2.IDENTIFIER_KIND_PHONE}
+
+
+def time_to_proto(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment.astimezone(UTC))
+    return stamp
+
+
+def time_from_proto(stamp: Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def mode_to_proto(mode: OutputMode) -> common_pb2.OutputMode.ValueType:
+    return _MODES[mode]
+
+
+def mode_from_proto(value: int) -> OutputMode:
+    for mode, wire in _MODES.items():
+        if wire == value:
+            return mode
+    raise ValueError("unknown output mode")
+
+
+def state_to_proto(state: AgreementState) -> agreement_pb2.AgreementState.ValueType:
+    return _STATES[state]
+
+
+def keys_to_proto(keys: PartyKeys) -> common_pb2.NodeKeys:
+    return common_pb2.NodeKeys(
+        node_name=keys.name,
+        signing_public_key=keys.signing_public_key,
+        hpke_public_key=keys.hpke_public_key,
+    )
+
+
+def keys_from_proto(message: common_pb2.NodeKeys) -> PartyKeys:
+    return PartyKeys(message.node_name, message.signing_public_key, message.hpke_public_key)
+
+
+def agreement_to_proto(agreement: Agreement) -> agreement_pb2.Agreement:
+    """For display only: the canonical bytes are authoritative."""
+    message = agreement_pb2.Agreement(
+        agreement_id=agreement.agreement_id,
+        owner=keys_to_proto(agreement.owner),
+        recipient=keys_to_proto(agreement.recipient),
+        segment_ids=list(agreement.segment_ids),
+        purpose=agreement.purpose,
+        output_mode=mode_to_proto(agreement.output_mode),
+        released_fields=list(agreement.released_fields),
+        min_audience_k=agreement.min_audience_k,
+        max_set_size=agreement.max_set_size,
+        epoch_identifier_cap=agreement.epoch_identifier_cap,
+        epoch_length_seconds=agreement.epoch_length_seconds,
+        retention_days=agreement.retention_days,
+        valid_from=time_to_proto(agreement.valid_from),
+        valid_until=time_to_proto(agreement.valid_until),
+        rate_limit_per_day=agreement.rate_limit_per_day,
+    )
+    if agreement.epsilon_total is not None:
+        message.privacy_budget.epsilon_total = agreement.epsilon_total
+        message.privacy_budget.epsilon_per_count = agreement.epsilon_per_count or ""
+    message.identifier_kinds.extend(_KINDS[k] for k in agreement.identifier_kinds)
+    return message
+
+
+def signed_agreement_to_proto(signed: SignedAgreement) -> agreement_pb2.SignedAgreement:
+    return agreement_pb2.SignedAgreement(
+        canonical_agreement=signed.canonical,
+        owner_signature=signed.owner_signature,
+        recipient_signature=signed.recipient_signature,
+    )
+
+
+def signed_agreement_from_proto(message: agreement_pb2.SignedAgreement) -> SignedAgreement:
+    return SignedAgreement(
+        message.canonical_agreement, message.owner_signature, message.recipient_signature
+    )
+
+
+def tree_head_to_proto(head: SignedTreeHead) -> audit_pb2.SignedTreeHead:
+    return audit_pb2.SignedTreeHead(
+        origin=head.origin,
+        tree_size=head.tree_size,
+        root_hash=head.root_hash,
+        timestamp=_timestamp_message(head.timestamp),
+        key_id=head.key_id,
+        signature=head.signature,
+    )
+
+
+def tree_head_from_proto(message: audit_pb2.SignedTreeHead) -> SignedTreeHead:
+    return SignedTreeHead(
+        origin=message.origin,
+        tree_size=message.tree_size,
+        root_hash=message.root_hash,
+        timestamp=format_time(time_from_proto(message.timestamp)),
+        key_id=message.key_id,
+        signature=message.signature,
+    )
+
+
+def _timestamp_message(text: str) -> Timestamp:
+    return time_to_proto(parse_time(text))

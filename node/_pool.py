@@ -1,0 +1,69 @@
+"""The node's blinding workers: a process pool started once per node process.
+
+Scalar multiplication is the cost of matching (two per identifier per side), so a node
+uses every core: chunks of tokens go to one worker process per core (forkserver: they
+start clean, without the parent's threads or database connections). A worker receives
+the scope's 32-byte secret with each chunk; it keeps nothing between chunks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Final
+
+from kernel.crypto import BlindingKey
+from kernel.errors import InvalidPoint
+
+__all__ = ["BlindingPool"]
+
+CHUNK: Final = 2048
+
+
+def _blind_chunk(secret: bytes, tokens: list[bytes]) -> list[bytes]:
+    return BlindingKey(secret).blind_many(tokens)
+
+
+class BlindingPool:
+    """``blind(secret, tokens)`` on every core; ``InvalidPoint`` if any token is bad."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self._pool: ProcessPoolExecutor | None = None
+        if self.workers > 1:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["node._pool"])
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+            # Start the workers now, not inside the first flow.
+            for future in [self._pool.submit(_warm) for _ in range(self.workers)]:
+                future.result()
+
+    def blind(self, secret: bytes, tokens: Sequence[bytes]) -> list[bytes]:
+        if not tokens:
+            return []
+        if self._pool is None or len(tokens) <= CHUNK:
+            return _blind_chunk(secret, list(tokens))
+        futures: list[Future[list[bytes]]] = [
+            self._pool.submit(_blind_chunk, secret, list(tokens[i : i + CHUNK]))
+            for i in range(0, len(tokens), CHUNK)
+        ]
+        out: list[bytes] = []
+        try:
+            for future in futures:
+                out.extend(future.result())
+        except InvalidPoint:
+            for future in futures:
+                future.cancel()
+            raise
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+
+def _warm() -> int:
+    return os.getpid()

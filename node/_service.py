@@ -1,0 +1,397 @@
+"""The node's gRPC service: broker calls (blinding, results) and operator calls.
+
+A thin adapter: messages are converted at the edge and the work is ``FlowEngine``'s.
+Broker calls are accepted only from the broker this node was started with; operator
+calls only from the node's own operators (the ``operator`` identity until mutual TLS).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, NoReturn
+
+import grpc
+from sqlalchemy import select
+
+from consent import Ledger
+from consent.agreements import Agreement, PartyKeys, SignedAgreement
+from consent.errors import ConsentError, InvalidAgreement
+from consent.serde import (
+    agreement_to_proto,
+    keys_from_proto,
+    mode_from_proto,
+    signed_agreement_from_proto,
+    signed_agreement_to_proto,
+    state_to_proto,
+    time_from_proto,
+    tree_head_to_proto,
+)
+from kernel.crypto import sha256
+from kernel.keys import KeyStore
+from kernel.rpc import abort, caller
+from kernel.wire.accord.broker.v1 import broker_pb2, broker_pb2_grpc
+from kernel.wire.accord.common.v1 import agreement_pb2, flow_pb2
+from kernel.wire.accord.node.v1 import node_pb2, node_pb2_grpc
+from node._flows import FlowContext, FlowEngine
+from node._tables import FlowRow
+from node.errors import AgreementUnknown, BrokerUnavailable, FlowRefused, NodeError
+
+OPERATOR: Final = "operator"
+BATCH_TOKENS: Final = 8192
+FAILURE_HEADER: Final = "accord-failure-reason"
+# The most tokens a node accepts in one set before it even looks at the agreement.
+HARD_SET_LIMIT: Final = 50_000_000
+_ROLES = {flow_pb2.FLOW_ROLE_OWNER: "owner", flow_pb2.FLOW_ROLE_RECIPIENT: "recipient"}
+# One table maps refusals to status codes (CONVENTIONS.md, "Errors").
+_REFUSAL_CODES = {
+    "AGREEMENT_INACTIVE": grpc.StatusCode.FAILED_PRECONDITION,
+    "BELOW_MIN_AUDIENCE": grpc.StatusCode.FAILED_PRECONDITION,
+    "SET_TOO_LARGE": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "RATE_LIMITED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "BUDGET_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "PEER_REJECTED": grpc.StatusCode.INVALID_ARGUMENT,
+}
+_flows = FlowRow.__table__  # type: ignore[attr-defined]
+
+
+def refuse(context: grpc.ServicerContext, error: FlowRefused) -> NoReturn:
+    context.set_trailing_metadata(((FAILURE_HEADER, error.reason),))
+    abort(context, _REFUSAL_CODES.get(error.reason, grpc.StatusCode.INTERNAL), str(error))
+
+
+def flow_context(message: flow_pb2.FlowContext) -> FlowContext:
+    if message.role not in _ROLES:
+        raise FlowRefused("PEER_REJECTED", "the flow context names no role")
+    return FlowContext(
+        flow_id=message.flow_id,
+        agreement_id=message.agreement_id,
+        role=_ROLES[message.role],
+        owner_segment_id=message.owner_segment_id,
+        recipient_segment_id=message.recipient_segment_id,
+        started_at=time_from_proto(message.started_at),
+    )
+
+
+def batches(
+    flow_id: str, tokens: list[bytes], handles: list[bytes]
+) -> Iterator[flow_pb2.TokenBatch]:
+    total = len(tokens)
+    count = max(1, -(-total // BATCH_TOKENS))
+    for index in range(count):
+        start = index * BATCH_TOKENS
+        yield flow_pb2.TokenBatch(
+            flow_id=flow_id,
+            batch_index=index,
+            tokens=tokens[start : start + BATCH_TOKENS],
+            handles=handles[start : start + BATCH_TOKENS] if handles else [],
+            final=index == count - 1,
+            set_size=total,
+        )
+
+
+@dataclass
+class BrokerLink:
+    """How this node reaches the broker, and how the broker names itself."""
+
+    stub: broker_pb2_grpc.BrokerServiceStub
+    broker_name: str
+
+
+class NodeServicer(node_pb2_grpc.NodeServiceServicer):
+    def __init__(
+        self,
+        flows: FlowEngine,
+        *,
+        keys: KeyStore,
+        ledger: Ledger,
+        broker: BrokerLink,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._flows = flows
+        self._keys = keys
+        self._ledger = ledger
+        self._broker = broker
+        self._now = now
+
+    # --- who may call -------------------------------------------------------------------
+
+    def _from_broker(self, context: grpc.ServicerContext) -> None:
+        if caller(context) != self._broker.broker_name:
+            abort(context, grpc.StatusCode.PERMISSION_DENIED, "only the broker may call this")
+
+    def _from_operator(self, context: grpc.ServicerContext) -> None:
+        if caller(context) != OPERATOR:
+            abort(context, grpc.StatusCode.PERMISSION_DENIED, "only this node's operators may")
+
+    # --- broker calls -------------------------------------------------------------------
+
+    def BlindSet(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        self._from_broker(context)
+        try:
+            flow = flow_context(request.flow)
+            result = self._flows.blind_own_set(flow)
+        except FlowRefused as exc:
+            refuse(context, exc)
+        for batch in batches(flow.flow_id, result.tokens, result.handles):
+            yield node_pb2.BlindSetResponse(batch=batch)
+
+    def ReblindSet(self, request_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        self._from_broker(context)
+        flow: FlowContext | None = None
+        tokens: list[bytes] = []
+        handles: list[bytes] = []
+        expected = 0
+        declared: int | None = None
+        final = False
+        try:
+            for request in request_iterator:
+                if flow is None:
+                    flow = flow_context(request.flow)
+                batch = request.batch
+                if final or batch.batch_index != expected:
+                    raise FlowRefused("PEER_REJECTED", "token batches arrived out of order")
+                if declared is None:
+                    declared = batch.set_size
+                    if declared > HARD_SET_LIMIT:
+                        raise FlowRefused("SET_TOO_LARGE", "the partner's set is far too large")
+                elif batch.set_size != declared:
+                    raise FlowRefused("PEER_REJECTED", "token batches disagree on the set size")
+                tokens.extend(batch.tokens)
+                handles.extend(batch.handles)
+                if len(tokens) > declared:
+                    raise FlowRefused("PEER_REJECTED", "more tokens arrived than announced")
+                expected += 1
+                final = batch.final
+            if flow is None or not final or len(tokens) != declared:
+                raise FlowRefused("PEER_REJECTED", "the partner's set arrived incomplete")
+            result = self._flows.reblind(flow, tokens, handles)
+        except FlowRefused as exc:
+            refuse(context, exc)
+        del tokens, handles
+        for batch in batches(flow.flow_id, result.tokens, result.handles):
+            yield node_pb2.ReblindSetResponse(batch=batch)
+
+    def DeliverMatchResult(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._from_broker(context)
+        try:
+            flow = flow_context(request.flow)
+            if not request.HasField("match"):
+                raise FlowRefused("PEER_REJECTED", "this node expects a match result")
+            self._flows.deliver_match(flow, list(request.match.matched_handles))
+        except FlowRefused as exc:
+            refuse(context, exc)
+        return node_pb2.DeliverMatchResultResponse()
+
+    def GetTreeHead(self, request: Any, context: grpc.ServicerContext) -> Any:
+        head = self._ledger.latest_head()
+        if head is None:
+            abort(context, grpc.StatusCode.FAILED_PRECONDITION, "the audit log has no head yet")
+        return node_pb2.GetTreeHeadResponse(tree_head=tree_head_to_proto(head))
+
+    # --- operator calls: agreements -------------------------------------------------------
+
+    def _identity_keys(self) -> PartyKeys:
+        identity = self._keys.identity
+        return PartyKeys(identity.name, identity.signing_public_key, identity.hpke_public_key)
+
+    def _submit(self, signed: SignedAgreement) -> agreement_pb2.AgreementStatus:
+        try:
+            response = self._broker.stub.SubmitAgreement(
+                broker_pb2.SubmitAgreementRequest(
+                    signed_agreement=signed_agreement_to_proto(signed)
+                ),
+                timeout=30,
+            )
+        except grpc.RpcError as exc:
+            raise BrokerUnavailable(f"the broker refused the agreement: {exc.details()}") from None
+        status: agreement_pb2.AgreementStatus = response.status
+        return status
+
+    def ProposeAgreement(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._from_operator(context)
+        terms = request.agreement
+        try:
+            recipient = keys_from_proto(terms.recipient)
+            if not recipient.signing_public_key:
+                recipient = self._registered(terms.recipient.node_name)
+            agreement = Agreement(
+                agreement_id=terms.agreement_id or str(uuid.uuid4()),
+                owner=self._identity_keys(),
+                recipient=recipient,
+                segment_ids=tuple(terms.segment_ids),
+                purpose=terms.purpose,
+                output_mode=mode_from_proto(terms.output_mode),
+                released_fields=tuple(terms.released_fields),
+                min_audience_k=terms.min_audience_k,
+                epsilon_total=terms.privacy_budget.epsilon_total or None,
+                epsilon_per_count=terms.privacy_budget.epsilon_per_count or None,
+                max_set_size=terms.max_set_size,
+                epoch_identifier_cap=terms.epoch_identifier_cap,
+                epoch_length_seconds=terms.epoch_length_seconds,
+                retention_days=terms.retention_days,
+                valid_from=time_from_proto(terms.valid_from),
+                valid_until=time_from_proto(terms.valid_until),
+                rate_limit_per_day=terms.rate_limit_per_day,
+                identifier_kinds=tuple({1: "email", 2: "phone"}[k] for k in terms.identifier_kinds)
+                or ("email", "phone"),
+            )
+            signed = SignedAgreement.propose(agreement, self._keys.signing_key())
+            self._flows.agreements.save(signed, now=self._now())
+            status = self._submit(signed)
+        except (ConsentError, NodeError, ValueError) as exc:
+            abort(context, _operator_code(exc), str(exc))
+        return node_pb2.ProposeAgreementResponse(status=status)
+
+    def _registered(self, name: str) -> PartyKeys:
+        try:
+            nodes = self._broker.stub.ListNodes(broker_pb2.ListNodesRequest(), timeout=30).nodes
+        except grpc.RpcError as exc:
+            raise BrokerUnavailable(f"the broker cannot list nodes: {exc.details()}") from None
+        for node in nodes:
+            if node.keys.node_name == name:
+                return keys_from_proto(node.keys)
+        raise InvalidAgreement(f"no node named {name!r} is registered with the broker")
+
+    def SignAgreement(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._from_operator(context)
+        try:
+            try:
+                found = self._broker.stub.GetAgreement(
+                    broker_pb2.GetAgreementRequest(agreement_id=request.agreement_id), timeout=30
+                )
+            except grpc.RpcError as exc:
+                raise BrokerUnavailable(
+                    f"the broker has no such agreement: {exc.details()}"
+                ) from None
+            proposed = signed_agreement_from_proto(found.status.signed_agreement)
+            if proposed.agreement.recipient.name != self._keys.identity.name:
+                raise InvalidAgreement("this node is not the agreement's recipient")
+            signed = proposed.countersign(self._keys.signing_key(), digest=request.agreement_digest)
+            self._flows.agreements.save(signed, now=self._now())
+            status = self._submit(signed)
+        except (ConsentError, NodeError) as exc:
+            abort(context, _operator_code(exc), str(exc))
+        return node_pb2.SignAgreementResponse(status=status)
+
+    def ListAgreements(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._from_operator(context)
+        now = self._now()
+        statuses = []
+        for local in self._flows.agreements.all():
+            agreement = local.signed.agreement
+            statuses.append(
+                agreement_pb2.AgreementStatus(
+                    signed_agreement=signed_agreement_to_proto(local.signed),
+                    agreement=agreement_to_proto(agreement),
+                    state=state_to_proto(local.state(now)),
+                    agreement_digest=sha256(local.signed.canonical),
+                )
+            )
+        return node_pb2.ListAgreementsResponse(agreements=statuses)
+
+    # --- operator calls: audiences --------------------------------------------------------
+
+    def RequestAudience(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._from_operator(context)
+        flow_id = request.flow_id or str(uuid.uuid4())
+        try:
+            local = self._flows.agreements.get(request.agreement_id)
+            if local.role != "recipient":
+                raise InvalidAgreement("only the agreement's recipient requests audiences")
+            started = self._broker.stub.StartFlow(
+                broker_pb2.StartFlowRequest(
+                    flow_id=flow_id,
+                    agreement_id=request.agreement_id,
+                    owner_segment_id=request.owner_segment_id,
+                    recipient_segment_id=request.recipient_segment_id,
+                ),
+                timeout=30,
+            )
+        except grpc.RpcError as exc:
+            abort(context, exc.code(), f"the broker refused the request: {exc.details()}")
+        except (ConsentError, NodeError) as exc:
+            abort(context, _operator_code(exc), str(exc))
+        flow = started.flow
+        if request.wait:
+            deadline = self._now() + timedelta(hours=2)
+            try:
+                for update in self._broker.stub.WatchFlow(
+                    broker_pb2.WatchFlowRequest(flow_id=flow_id), timeout=7200
+                ):
+                    flow = update.flow
+                    if flow.state in (flow_pb2.FLOW_STATE_SUCCEEDED, flow_pb2.FLOW_STATE_FAILED):
+                        break
+                    if self._now() > deadline:
+                        break
+            except grpc.RpcError as exc:
+                abort(context, grpc.StatusCode.UNAVAILABLE, f"lost the broker: {exc.details()}")
+        response = node_pb2.RequestAudienceResponse(flow=flow)
+        if flow.state == flow_pb2.FLOW_STATE_SUCCEEDED:
+            summary = self._summary(flow_id)
+            if summary is not None:
+                response.summary.CopyFrom(summary)
+        return response
+
+    def _summary(self, flow_id: str) -> node_pb2.AudienceSummary | None:
+        with self._flows.engine.connect() as connection:
+            row = connection.execute(select(_flows).where(_flows.c.flow_id == flow_id)).first()
+        if row is None or row.matched_customers is None:
+            return None
+        summary = node_pb2.AudienceSummary()
+        summary.match.matched_customers = row.matched_customers
+        if row.delete_after is not None:
+            moment = row.delete_after
+            moment = moment.replace(tzinfo=UTC) if moment.utcoffset() is None else moment
+            summary.match.delete_after.FromDatetime(moment)
+        return summary
+
+    # --- not yet (issue 5: segments, overlap and release, revocation) ---------------------
+
+    def _later(self, context: grpc.ServicerContext) -> NoReturn:
+        abort(context, grpc.StatusCode.UNIMPLEMENTED, "not available in this node version")
+
+    def ImportCustomers(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        self._later(context)
+
+    def GetStoreSummary(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._later(context)
+
+    def DefineSegment(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._later(context)
+
+    def ListSegments(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._later(context)
+
+    def PreviewSegment(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._later(context)
+
+    def PublishSegment(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._later(context)
+
+    def RevokeAgreement(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._later(context)
+
+    def NoiseOverlapCount(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._later(context)
+
+    def ReleaseSegment(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._later(context)
+
+    def DeliverReleaseBatch(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        self._later(context)
+
+    def Revoke(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._later(context)
+
+
+def _operator_code(error: Exception) -> grpc.StatusCode:
+    if isinstance(error, AgreementUnknown):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(error, BrokerUnavailable):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(error, FlowRefused):
+        return _REFUSAL_CODES.get(error.reason, grpc.StatusCode.FAILED_PRECONDITION)
+    return grpc.StatusCode.INVALID_ARGUMENT
