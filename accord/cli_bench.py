@@ -48,3 +48,29 @@ def bench_audit(
     from accord.bench import audit_benchmark
 
     print_json(audit_benchmark(entries=entries, batch=batch, db=db))
+
+
+@bench_app.command("match")
+def bench_match(
+    size: Annotated[int, typer.Option(min=10, help="Customers per store (one e-mail each).")] = (
+        100_000
+    ),
+    overlap: Annotated[float, typer.Option(min=0.0, max=1.0, help="Shared fraction.")] = 0.5,
+    repeat_churn: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Change this fraction of each store, ask again."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (the default output).")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic stores.")] = 7,
+    keep: Annotated[
+        Path | None, typer.Option(help="Keep stores, keys and logs in this folder.")
+    ] = None,
+) -> None:
+    """Time one match through broker and nodes (separate processes) against the X25519 floor."""
+    from accord.bench_match import match_benchmark
+
+    print_json(
+        match_benchmark(size=size, overlap=overlap, churn=repeat_churn, seed=seed, keep=keep)
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import grpc
@@ -12,11 +11,10 @@ from google.protobuf.json_format import MessageToDict
 from rich.table import Table
 
 from accord._options import JsonOption, fail, out, print_json
+from accord.client import Terms, operator_stub
 from consent.agreements import OutputMode, SignedAgreement
-from consent.serde import mode_to_proto, time_to_proto
 from kernel.errors import KernelError
-from kernel.rpc import connect
-from kernel.wire.accord.common.v1 import agreement_pb2, common_pb2, flow_pb2
+from kernel.wire.accord.common.v1 import agreement_pb2, flow_pb2
 from kernel.wire.accord.node.v1 import node_pb2, node_pb2_grpc
 
 agreement_app = typer.Typer(help="Propose, sign and list agreements.", no_args_is_help=True)
@@ -36,10 +34,9 @@ _REASONS = {v: k.removeprefix("FLOW_FAILURE_REASON_") for k, v in
 
 def _stub(node: str) -> node_pb2_grpc.NodeServiceStub:
     try:
-        channel = connect(node, identity="operator", insecure_loopback=True)
+        return operator_stub(node)
     except KernelError as exc:
         fail(str(exc), code=2)
-    return node_pb2_grpc.NodeServiceStub(channel)
 
 
 def _call(method: Any, request: Any, timeout: float = 60) -> Any:
@@ -109,27 +106,24 @@ def propose(
     as_json: JsonOption = False,
 ) -> None:
     """Propose an agreement as owner: this node signs it and submits it to the broker."""
-    now = datetime.now(UTC).replace(microsecond=0)
-    terms = agreement_pb2.Agreement(
-        recipient=common_pb2.NodeKeys(node_name=partner),
-        segment_ids=segment,
+    terms = Terms(
+        partner=partner,
+        segments=tuple(segment),
         purpose=purpose,
-        output_mode=mode_to_proto(mode),
-        released_fields=released_field or [],
-        min_audience_k=k,
+        mode=mode,
+        k=k,
         max_set_size=max_set_size,
-        epoch_identifier_cap=epoch_cap,
-        epoch_length_seconds=epoch_days * 86400,
+        epoch_cap=epoch_cap,
+        epoch_days=epoch_days,
         retention_days=retention_days,
-        valid_from=time_to_proto(now - timedelta(minutes=1)),
-        valid_until=time_to_proto(now + timedelta(days=valid_days)),
-        rate_limit_per_day=rate_limit,
+        valid_days=valid_days,
+        rate_limit=rate_limit,
+        released_fields=tuple(released_field or ()),
+        epsilon_total=epsilon_total,
+        epsilon_per_count=epsilon_per_count,
     )
-    if epsilon_total is not None:
-        terms.privacy_budget.epsilon_total = epsilon_total
-        terms.privacy_budget.epsilon_per_count = epsilon_per_count or ""
     response = _call(
-        _stub(node).ProposeAgreement, node_pb2.ProposeAgreementRequest(agreement=terms)
+        _stub(node).ProposeAgreement, node_pb2.ProposeAgreementRequest(agreement=terms.to_proto())
     )
     if as_json:
         print_json(_status_json(response.status))

@@ -81,6 +81,12 @@ def node_serve(
     display_name: Annotated[
         str | None, typer.Option("--display-name", help="The company's name, for people.")
     ] = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            "--advertise", help="HOST:PORT the broker should call (default: where it listens)."
+        ),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Blinding processes (default: one per core).")
     ] = None,
@@ -110,7 +116,7 @@ def node_serve(
         register_with_broker(
             server,
             keystore,
-            endpoint=endpoint,
+            endpoint=advertise or endpoint,
             display_name=display_name or keystore.identity.name,
         )
     except NodeError as exc:

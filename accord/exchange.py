@@ -73,8 +73,10 @@ class LocalExchange:
         self.processes.append(process)
         return process
 
-    def start_broker(self, *, db: str, name: str = "broker", verbose: bool = True) -> Process:
-        args = ["broker", "serve", "--db", db, "--listen", "127.0.0.1:0", "--name", name,
+    def start_broker(
+        self, *, db: str, name: str = "broker", verbose: bool = True, listen: str = "127.0.0.1:0"
+    ) -> Process:
+        args = ["broker", "serve", "--db", db, "--listen", listen, "--name", name,
                 "--insecure-loopback"] + (["--verbose"] if verbose else [])  # fmt: skip
         return self._spawn(name, args)
 
@@ -88,10 +90,18 @@ class LocalExchange:
         broker_name: str = "broker",
         workers: int | None = None,
         verbose: bool = True,
+        listen: str = "127.0.0.1:0",
+        advertise: str | None = None,
+        broker_address: str | None = None,
+        display_name: str | None = None,
     ) -> Process:
-        args = ["node", "serve", "--db", db, "--keys", str(keys), "--listen", "127.0.0.1:0",
-                "--broker", broker.address, "--broker-name", broker_name,
+        args = ["node", "serve", "--db", db, "--keys", str(keys), "--listen", listen,
+                "--broker", broker_address or broker.address, "--broker-name", broker_name,
                 "--insecure-loopback"]  # fmt: skip
+        if advertise is not None:
+            args += ["--advertise", advertise]
+        if display_name is not None:
+            args += ["--display-name", display_name]
         if workers is not None:
             args += ["--workers", str(workers)]
         if verbose:

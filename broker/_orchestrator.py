@@ -32,6 +32,7 @@ from kernel.wire.accord.node.v1 import node_pb2, node_pb2_grpc
 log = logging.getLogger("accord.broker")
 
 FLOW_DEADLINE_S: Final = 3600.0
+MATCH_PART: Final = 100_000  # matched handles per delivery call (about 1.8 MB)
 FAILURE_HEADER: Final = "accord-failure-reason"
 _REASONS: Final = frozenset(
     name.removeprefix("FLOW_FAILURE_REASON_")
@@ -183,15 +184,24 @@ class Orchestrator:
         )
         del owner_doubly, recipient_doubly
         self._set(flow.flow_id, state="delivering")
-        self._call(
-            recipient.DeliverMatchResult,
-            node_pb2.DeliverMatchResultRequest(
-                flow=recipient_ctx,
-                match=flow_pb2.MatchResult(
-                    agreement_id=flow.agreement_id, flow_id=flow.flow_id, matched_handles=matched
+        # In parts, so no message nears the size limit; the recipient keeps nothing until
+        # the final one.
+        parts = max(1, -(-len(matched) // MATCH_PART))
+        for index in range(parts):
+            self._call(
+                recipient.DeliverMatchResult,
+                node_pb2.DeliverMatchResultRequest(
+                    flow=recipient_ctx,
+                    match=flow_pb2.MatchResult(
+                        agreement_id=flow.agreement_id,
+                        flow_id=flow.flow_id,
+                        matched_handles=matched[index * MATCH_PART : (index + 1) * MATCH_PART],
+                        batch_index=index,
+                        final=index == parts - 1,
+                        matched_total=len(matched),
+                    ),
                 ),
-            ),
-        )
+            )
         self._set(flow.flow_id, state="succeeded")
 
     def _relay(

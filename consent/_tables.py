@@ -80,6 +80,8 @@ class SubjectRow(SQLModel, table=True):
     """A consent subject: random pseudonym ↔ the CRM's external id (cleared on erasure)."""
 
     __tablename__ = "consent_subjects"
+    # Flows join a purpose's events (in pseudonym order) to external ids: covered here.
+    __table_args__ = (Index("ix_consent_subjects_pseudonym_external", "pseudonym", "external_id"),)
 
     pseudonym: str = Field(sa_column=Column(String(64), primary_key=True))
     external_id: str | None = Field(default=None, sa_column=Column(String(128), unique=True))
@@ -93,7 +95,20 @@ class ConsentEventRow(SQLModel, table=True):
     __tablename__ = "consent_events"
     __table_args__ = (
         Index("ix_consent_events_subject", "subject"),
-        Index("ix_consent_events_purpose_recipient", "purpose", "recipient"),
+        # The flow-time decision reads a purpose's events per subject, in decision order:
+        # this index covers that query, so it needs neither a sort nor the table.
+        Index(
+            "ix_consent_events_decision",
+            "purpose",
+            "subject",
+            "collected_at",
+            "leaf_index",
+            "recipient",
+            "event_type",
+            "purpose_version",
+            "channels",
+            "expires_at",
+        ),
     )
 
     event_id: str = Field(sa_column=Column(String(36), primary_key=True))

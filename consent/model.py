@@ -42,6 +42,7 @@ __all__ = [
     "Notice",
     "decide",
     "decide_latest",
+    "status_of",
     "states_of",
 ]
 
@@ -251,13 +252,13 @@ def decide_latest(
     """The state that ``event``, the latest covering one, gives (see ``decide``)."""
     if event is None:
         return ConsentState(purpose, recipient, ConsentStatus.NONE)
-    status = _STATUS_OF[event.event_type]
-    if event.event_type in _GRANTS:
-        current = PURPOSES.get(purpose)
-        if event.expires_at is not None and now >= event.expires_at:
-            status = ConsentStatus.EXPIRED
-        elif current is None or event.purpose_version != current.version:
-            status = ConsentStatus.INVALIDATED
+    status = status_of(
+        event.event_type,
+        purpose=purpose,
+        purpose_version=event.purpose_version,
+        expires_at=event.expires_at,
+        now=now,
+    )
     return ConsentState(
         purpose=purpose,
         recipient=recipient,
@@ -267,6 +268,29 @@ def decide_latest(
         since=event.collected_at,
         expires_at=event.expires_at,
     )
+
+
+def status_of(
+    event_type: EventType,
+    *,
+    purpose: str,
+    purpose_version: int,
+    expires_at: datetime | None,
+    now: datetime,
+) -> ConsentStatus:
+    """The status the latest covering event gives at ``now`` (the module docstring's rule).
+
+    Separate from ``decide_latest`` so that a bulk decision over millions of subjects
+    (``Ledger.valid_subjects``) applies the same rule without building event objects.
+    """
+    status = _STATUS_OF[event_type]
+    if event_type in _GRANTS:
+        current = PURPOSES.get(purpose)
+        if expires_at is not None and now >= expires_at:
+            return ConsentStatus.EXPIRED
+        if current is None or purpose_version != current.version:
+            return ConsentStatus.INVALIDATED
+    return status
 
 
 _STATUS_OF: Final = {

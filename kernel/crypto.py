@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -74,6 +75,7 @@ __all__ = [
     "signed_message",
     "validate_token",
     "verify_signature",
+    "x25519_throughput",
 ]
 
 CURVE25519_P: Final = 2**255 - 19
@@ -218,10 +220,16 @@ class BlindingKey:
         validate_token(token)
         return self._key.exchange(X25519PublicKey.from_public_bytes(token))
 
-    def blind_many(self, tokens: Sequence[bytes]) -> list[bytes]:
-        """``blind`` over a list (one method lookup per list, not per token)."""
+    def blind_many(self, tokens: Sequence[bytes], *, trusted: bool = False) -> list[bytes]:
+        """``blind`` over a list (one method lookup per list, not per token).
+
+        ``trusted`` skips ``validate_token`` for points the node made itself (its own
+        hash-to-curve points and dummies); everything received from outside is validated.
+        """
         exchange = self._key.exchange
         from_bytes = X25519PublicKey.from_public_bytes
+        if trusted:
+            return [exchange(from_bytes(token)) for token in tokens]
         out = []
         for token in tokens:
             validate_token(token)
@@ -256,22 +264,37 @@ def _json_fast_path_ok(value: Any, depth: int = 0) -> bool:
     """Whether stdlib json writes ``value`` exactly as RFC 8785 does.
 
     True for str, bool, None, ints within ±2^53, and lists and dicts of them with ASCII
-    keys; floats (ES number formatting), big ints and other types go through rfc8785.
+    keys (exact types: subclasses such as enums take the rfc8785 path); floats (ES number
+    formatting), big ints and other types go through rfc8785. Written as loops over
+    exact types because it runs once per audit-log record.
     """
-    if value is None or isinstance(value, str | bool):
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
         return True
-    if isinstance(value, int):
-        return -(2**53) < value < 2**53
+    if kind is int:
+        return bool(-_SAFE_INT < value < _SAFE_INT)
     if depth > 32:
         return False
-    if isinstance(value, list | tuple):
-        return all(_json_fast_path_ok(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(
-            isinstance(k, str) and k.isascii() and _json_fast_path_ok(v, depth + 1)
-            for k, v in value.items()
-        )
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii():
+                return False
+            if type(item) is str or item is None:
+                continue
+            if not _json_fast_path_ok(item, depth + 1):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        for item in value:
+            if type(item) is str:
+                continue
+            if not _json_fast_path_ok(item, depth + 1):
+                return False
+        return True
     return False
+
+
+_SAFE_INT: Final = 2**53
 
 
 def canonical_json(value: Any) -> bytes:
@@ -337,6 +360,13 @@ class SigningKey:
     @classmethod
     def generate(cls) -> SigningKey:
         return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> SigningKey:
+        """The key whose 32-byte private seed is ``seed`` (for known-answer vectors)."""
+        if len(seed) != KEY_SIZE:
+            raise CryptoError(f"an Ed25519 seed is {KEY_SIZE} bytes")
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
 
     @classmethod
     def from_pem(cls, data: bytes) -> SigningKey:
@@ -443,3 +473,25 @@ def seal(plaintext: bytes, *, recipient_public_key: bytes, context: bytes) -> by
 def open_sealed(pair: HpkeKeyPair, sealed: bytes, *, context: bytes) -> bytes:
     """``pair.open``, as a function."""
     return pair.open(sealed, context=context)
+
+
+# --- the floor of matching -------------------------------------------------------------
+
+
+def x25519_throughput(seconds: float) -> tuple[int, float]:
+    """Raw ``exchange(from_public_bytes(u))`` in a tight loop for ``seconds`` (after a
+    warm-up): ``(operations, elapsed)``. The benchmark's floor, one process per core."""
+    key = X25519PrivateKey.generate()
+    points = [hash_to_curve("email", f"floor{i}@example.com") for i in range(256)]
+    from_bytes = X25519PublicKey.from_public_bytes
+    for point in points[:64]:
+        key.exchange(from_bytes(point))
+    operations = 0
+    started = time.perf_counter()
+    while True:
+        for point in points:
+            key.exchange(from_bytes(point))
+        operations += len(points)
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return operations, elapsed

@@ -8,7 +8,9 @@ and results on the node (docs/matching.md).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -19,13 +21,13 @@ from consent import Ledger, NewEntry
 from consent.agreements import Agreement, OutputMode, SignedAgreement
 from consent.errors import AgreementInactive, InvalidAgreement
 from kernel.crypto import blinding_secret, canonical_json
+from kernel.db import insert_rows
 from kernel.errors import InvalidPoint
 from kernel.telemetry import tracer
 from node._agreements import AgreementStore, LocalAgreement
 from node._pool import BlindingPool
 from node._tables import BlindUsageRow, CustomerRow, FlowRow, IdentifierRow, MatchRow
 from node.blinding import (
-    BlindedSet,
     EpochCache,
     KeyScope,
     dummy_points,
@@ -35,7 +37,7 @@ from node.blinding import (
 )
 from node.errors import FlowRefused
 
-__all__ = ["FlowContext", "FlowEngine", "ReblindResult"]
+__all__ = ["FlowContext", "FlowEngine", "OwnSet"]
 
 _customers = CustomerRow.__table__  # type: ignore[attr-defined]
 _identifiers = IdentifierRow.__table__  # type: ignore[attr-defined]
@@ -47,6 +49,9 @@ FLOW_KIND: Final = "flow"
 MAX_START_SKEW: Final = timedelta(minutes=5)
 ALL_CUSTOMERS: Final = "all"  # the built-in segment: every customer of the store
 _HANDLE_MAP_TTL: Final = timedelta(hours=1)
+STREAM_BATCH: Final = 8192  # tokens per streamed batch
+POOL_TASK: Final = 2048  # tokens per task of the blinding pool
+PIPELINE_DEPTH: Final = 4  # batches whose blinding is in flight at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +66,26 @@ class FlowContext:
     started_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class ReblindResult:
-    tokens: list[bytes]
-    handles: list[bytes]  # empty when stripped
+@dataclass(slots=True)
+class OwnSet:
+    """A set on its way out: its size (known first) and its batches (blinded lazily)."""
+
+    size: int
+    batches: Iterator[tuple[list[bytes], list[bytes]]]
+
+
+def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _with_handles(
+    tokens: Iterator[list[bytes]], handles: list[bytes]
+) -> Iterator[tuple[list[bytes], list[bytes]]]:
+    offset = 0
+    for chunk in tokens:
+        yield chunk, handles[offset : offset + len(chunk)]
+        offset += len(chunk)
 
 
 @dataclass(slots=True)
@@ -101,6 +122,7 @@ class FlowEngine:
         self._cache = EpochCache()
         self._dummies: dict[KeyScope, list[bytes]] = {}
         self._handle_maps: dict[str, _HandleMap] = {}
+        self._pending_matches: dict[str, list[list[bytes]]] = {}
         self._lock = threading.Lock()  # guards caches, usage counts and handle maps
 
     # --- checks -------------------------------------------------------------------------
@@ -142,8 +164,8 @@ class FlowEngine:
 
     def consented_customers(
         self, agreement: Agreement, flow: FlowContext, now: datetime
-    ) -> dict[int, list[bytes]]:
-        """Customer id → hash-to-curve points of the customers allowed into this flow."""
+    ) -> tuple[int, list[tuple[int, bytes]]]:
+        """The customers allowed into this flow: how many, and their (customer, point) pairs."""
         if flow.role == "owner":
             purpose, partner = agreement.purpose, agreement.recipient.name
             segment = flow.owner_segment_id
@@ -154,44 +176,59 @@ class FlowEngine:
                 else agreement.purpose
             )
             partner, segment = agreement.owner.name, flow.recipient_segment_id or ALL_CUSTOMERS
+        members = None if segment == ALL_CUSTOMERS else self._segment_members(segment)
         consented = self._ledger.valid_subjects(
             purpose=purpose,
             recipient=partner,
             now=now,
             need_channel=agreement.output_mode is OutputMode.RELEASE and flow.role == "owner",
         )
-        members = None if segment == ALL_CUSTOMERS else self._segment_members(segment)
-        points: dict[int, list[bytes]] = {}
-        query = (
-            select(_customers.c.id, _customers.c.external_id, _identifiers.c.point)
-            .join(_identifiers, _identifiers.c.customer_id == _customers.c.id)
-            .where(_identifiers.c.kind.in_(list(agreement.identifier_kinds)))
+        pairs: list[tuple[int, bytes]] = []
+        customers: set[int] = set()
+        for customer_id, external_id, point in self._identifier_rows(
+            list(agreement.identifier_kinds)
+        ):
+            if external_id in consented and (members is None or customer_id in members):
+                pairs.append((customer_id, point))
+                customers.add(customer_id)
+        return len(customers), pairs
+
+    def _identifier_rows(self, kinds: list[str]) -> list[tuple[int, str, bytes]]:
+        """(customer id, external id, point) of every identifier of ``kinds``, as tuples.
+
+        Plain driver tuples: a million rows through the ORM would cost seconds of every
+        flow. On SQLite the join is written to walk customers and then their identifiers
+        (by the customer-id index); starting from the (kind, value) index, as SQLite's
+        planner otherwise does, visits customers in random order and is five times slower.
+        """
+        dialect = self.engine.dialect
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        join = "CROSS JOIN" if dialect.name == "sqlite" else "JOIN"
+        sql = (
+            f"SELECT c.id, c.external_id, i.point FROM customers c {join} identifiers i "
+            f"ON i.customer_id = c.id WHERE i.kind IN ({', '.join(mark for _ in kinds)})"
         )
         with self.engine.connect() as connection:
-            rows = connection.execution_options(stream_results=True, yield_per=50_000).execute(
-                query
-            )
-            for customer_id, external_id, point in rows:
-                if external_id in consented and (members is None or customer_id in members):
-                    points.setdefault(customer_id, []).append(bytes(point))
-        return points
+            cursor = connection.exec_driver_sql(sql, tuple(kinds)).cursor
+            rows: list[tuple[int, str, bytes]] = list(cursor.fetchall())
+        return rows
 
-    def blind_own_set(self, flow: FlowContext) -> BlindedSet:
-        """This node's consented set for ``flow``: blinded, padded, shuffled, with handles."""
+    def blind_own_set(self, flow: FlowContext) -> OwnSet:
+        """This node's consented set for ``flow``: padded, shuffled, with handles; its
+        tokens are blinded as the stream is read (the pool works while batches travel)."""
         now = self._now()
         agreement, local = self._agreement(flow, now)
         with tracer().start_as_current_span("node.blind_own_set") as span:
             span.set_attribute("accord.flow_id", flow.flow_id)
             span.set_attribute("accord.agreement_id", flow.agreement_id)
-            customers = self.consented_customers(agreement, flow, now)
-            if len(customers) < agreement.min_audience_k:
+            customers, real = self.consented_customers(agreement, flow, now)
+            if customers < agreement.min_audience_k:
                 self._audit(flow, "refused", reason="BELOW_MIN_AUDIENCE")
                 raise FlowRefused(
                     "BELOW_MIN_AUDIENCE",
                     f"the consented set is below the agreement's minimum audience "
                     f"(k = {agreement.min_audience_k})",
                 )
-            real = [(cid, point) for cid, points in customers.items() for point in points]
             padded_size = size_bucket(len(real))
             if padded_size > agreement.max_set_size:
                 self._audit(flow, "refused", reason="SET_TOO_LARGE", tokens=padded_size)
@@ -201,30 +238,30 @@ class FlowEngine:
                     f"({agreement.max_set_size})",
                 )
             scope = self._scope(agreement, local, flow, now)
-            dummies = self._dummy_points(scope, padded_size - len(real))
-            inputs = [point for _, point in real] + dummies
-            blinded, new = self._blind(scope, agreement, inputs)
-            result = shuffled_set(
-                [(cid, token) for (cid, _), token in zip(real, blinded, strict=False)],
-                blinded[len(real) :],
+            shuffled = shuffled_set(
+                real,
+                self._dummy_points(scope, padded_size - len(real)),
+                keep_owners=flow.role == "recipient",  # only a recipient maps results back
             )
-            span.set_attribute("accord.set_size", result.size)
+            new = self._charge_missing(scope, agreement, shuffled.inputs)
+            span.set_attribute("accord.set_size", shuffled.size)
             span.set_attribute("accord.newly_blinded", new)
         if flow.role == "recipient":
             with self._lock:
                 self._expire_handle_maps(now)
-                self._handle_maps[flow.flow_id] = _HandleMap(result.owners, now)
+                self._handle_maps[flow.flow_id] = _HandleMap(shuffled.owners, now)
             self._record_flow(flow, "running", now)
         self._audit(
             flow,
             "blinded",
-            customers=len(customers),
+            customers=customers,
             tokens=len(real),
-            padded=result.size,
+            padded=shuffled.size,
             newly_blinded=new,
             epoch=scope.epoch,
         )
-        return result
+        tokens = self._blind_stream(scope, _chunks(shuffled.inputs, STREAM_BATCH), trusted=True)
+        return OwnSet(shuffled.size, _with_handles(tokens, shuffled.handles))
 
     def _dummy_points(self, scope: KeyScope, count: int) -> list[bytes]:
         with self._lock:
@@ -241,28 +278,54 @@ class FlowEngine:
                     have.extend(more[len(have) - (count - missing) :])
         return list(self._dummies[scope][:count])
 
-    def _blind(
-        self, scope: KeyScope, agreement: Agreement, inputs: Sequence[bytes]
-    ) -> tuple[list[bytes], int]:
-        """``[k]·x`` for every input, from the epoch cache where possible; counts the cap."""
+    def _charge_missing(self, scope: KeyScope, agreement: Agreement, inputs: Sequence[bytes]
+                        ) -> int:  # fmt: skip
+        """Count the inputs not blinded yet in this epoch against the cap (or refuse)."""
         with self._lock:
             cached = self._cache.map_for(scope)
-            missing = list(dict.fromkeys(x for x in inputs if x not in cached))
-            self._charge(agreement, scope, len(missing))
-        if missing:
-            secret = blinding_secret(
-                self._master, scope=scope.hkdf_scope, segment=scope.segment_id, epoch=scope.epoch
-            )
+            missing = len({x for x in inputs if x not in cached})
+            self._charge(agreement, scope, missing)
+        return missing
+
+    def _blind_stream(
+        self, scope: KeyScope, chunks: Iterator[list[bytes]], *, trusted: bool = False
+    ) -> Iterator[list[bytes]]:
+        """``[k]·x`` for every input, chunk by chunk, in order; misses go to the pool with a
+        window of chunks in flight, hits come from the epoch cache."""
+        secret = blinding_secret(
+            self._master, scope=scope.hkdf_scope, segment=scope.segment_id, epoch=scope.epoch
+        )
+        in_flight: deque[tuple[list[bytes], list[bytes], list[Future[list[bytes]]]]] = deque()
+
+        def settle() -> list[bytes]:
+            chunk, missing, futures = in_flight.popleft()
+            fresh: list[bytes] = []
             try:
-                fresh = self._pool.blind(secret, missing)
+                for future in futures:
+                    fresh.extend(future.result())
             except InvalidPoint as exc:
+                for _, _, pending in in_flight:
+                    for future in pending:
+                        future.cancel()
                 raise FlowRefused("PEER_REJECTED", f"a received token is invalid: {exc}") from exc
             with self._lock:
                 cached = self._cache.map_for(scope)
                 cached.update(zip(missing, fresh, strict=True))
-        with self._lock:
-            cached = self._cache.map_for(scope)
-            return [cached[x] for x in inputs], len(missing)
+                return [cached[x] for x in chunk]
+
+        for chunk in chunks:
+            with self._lock:
+                cached = self._cache.map_for(scope)
+                missing = list(dict.fromkeys(x for x in chunk if x not in cached))
+            futures = [
+                self._pool.submit(secret, missing[i : i + POOL_TASK], trusted=trusted)
+                for i in range(0, len(missing), POOL_TASK)
+            ]
+            in_flight.append((chunk, missing, futures))
+            if len(in_flight) >= PIPELINE_DEPTH:
+                yield settle()
+        while in_flight:
+            yield settle()
 
     def _charge(self, agreement: Agreement, scope: KeyScope, count: int) -> None:
         """Count ``count`` newly blinded identifiers against the epoch cap, or refuse."""
@@ -294,38 +357,78 @@ class FlowEngine:
     # --- the partner's set ----------------------------------------------------------------
 
     def reblind(
-        self, flow: FlowContext, tokens: list[bytes], handles: list[bytes]
-    ) -> ReblindResult:
-        """The partner's blinded set, blinded again with this node's key."""
+        self, flow: FlowContext, batches: Iterator[tuple[list[bytes], list[bytes]]], size: int
+    ) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """The partner's blinded set (``size`` tokens, arriving in ``batches``), blinded
+        again with this node's key, as it arrives.
+
+        The partner may map results back to its rows only if it is the recipient of a
+        match agreement: then tokens go back in arrival order with their handles, batch by
+        batch. Otherwise the whole set is collected, shuffled and sent without handles.
+        """
         now = self._now()
         agreement, local = self._agreement(flow, now)
-        if len(tokens) > agreement.max_set_size:
+        if size > agreement.max_set_size:
             raise FlowRefused(
                 "SET_TOO_LARGE",
-                f"the partner's set ({len(tokens)} tokens) exceeds the agreement's maximum",
+                f"the partner's set ({size} tokens) exceeds the agreement's maximum",
             )
-        if handles and len(handles) != len(tokens):
-            raise FlowRefused("PEER_REJECTED", "the partner's set has handles for some tokens only")
         scope = self._scope(agreement, local, flow, now)
-        blinded, new = self._blind(scope, agreement, tokens)
-        # The partner may map results back to its rows only if it is the recipient of a
-        # match agreement; otherwise nobody may, so order and handles go.
         entitled = agreement.output_mode is OutputMode.MATCH and flow.role == "owner"
-        self._audit(flow, "reblinded", tokens=len(tokens), newly_blinded=new, epoch=scope.epoch)
+        handles_seen: list[list[bytes]] = []
+        counted = [0, 0]  # tokens, newly blinded
+
+        def inputs() -> Iterator[list[bytes]]:
+            for tokens, handles in batches:
+                if handles and len(handles) != len(tokens):
+                    raise FlowRefused("PEER_REJECTED", "a batch has handles for some tokens only")
+                counted[1] += self._charge_missing(scope, agreement, tokens)
+                counted[0] += len(tokens)
+                handles_seen.append(handles)
+                yield tokens
+
+        blinded = self._blind_stream(scope, inputs())
         if entitled:
-            return ReblindResult(blinded, list(handles))
-        return ReblindResult(shuffle_pairs(blinded), [])
+            for index, tokens in enumerate(blinded):
+                yield tokens, handles_seen[index]
+        else:
+            everything = [token for tokens in blinded for token in tokens]
+            for chunk in _chunks(shuffle_pairs(everything), STREAM_BATCH):
+                yield chunk, []
+        self._audit(
+            flow, "reblinded", tokens=counted[0], newly_blinded=counted[1], epoch=scope.epoch
+        )
 
     # --- results --------------------------------------------------------------------------
 
-    def deliver_match(self, flow: FlowContext, matched_handles: Sequence[bytes]) -> int:
-        """Record which own customers matched; return how many (customers, not tokens)."""
+    def deliver_match(
+        self,
+        flow: FlowContext,
+        matched_handles: Sequence[bytes],
+        *,
+        part: int = 0,
+        final: bool = True,
+        total: int | None = None,
+    ) -> int | None:
+        """Take one part of a match result; on the final part, record which own customers
+        matched and return how many (customers, not tokens). Nothing is kept before then."""
         now = self._now()
         agreement, _ = self._agreement(flow, now)
         if flow.role != "recipient" or agreement.output_mode is not OutputMode.MATCH:
             raise FlowRefused("PEER_REJECTED", "match results go to a match agreement's recipient")
         with self._lock:
+            pending = self._pending_matches.setdefault(flow.flow_id, [])
+            if part != len(pending):
+                self._pending_matches.pop(flow.flow_id, None)
+                raise FlowRefused("PEER_REJECTED", "match result parts arrived out of order")
+            pending.append(list(matched_handles))
+            if not final:
+                return None
+            parts = self._pending_matches.pop(flow.flow_id)
             handle_map = self._handle_maps.pop(flow.flow_id, None)
+        matched_handles = [handle for chunk in parts for handle in chunk]
+        if total is not None and total != len(matched_handles):
+            raise FlowRefused("PEER_REJECTED", "the match result arrived incomplete")
         if handle_map is None:
             raise FlowRefused("PEER_REJECTED", "no set of this node belongs to that flow")
         customers: set[int] = set()
@@ -347,17 +450,19 @@ class FlowEngine:
                     updated_at=now,
                 )
             )
-            if customers:
-                connection.execute(
-                    insert(_matches),
-                    [{"flow_id": flow.flow_id, "customer_id": c} for c in sorted(customers)],
-                )
+            insert_rows(
+                connection,
+                _matches.name,
+                ("flow_id", "customer_id"),
+                [(flow.flow_id, c) for c in sorted(customers)],
+            )
         self._audit(flow, "delivered", matched_customers=len(customers))
         return len(customers)
 
     def forget(self, flow_id: str) -> None:
         with self._lock:
             self._handle_maps.pop(flow_id, None)
+            self._pending_matches.pop(flow_id, None)
 
     # --- bookkeeping ----------------------------------------------------------------------
 

@@ -22,8 +22,8 @@ __all__ = ["BlindingPool"]
 CHUNK: Final = 2048
 
 
-def _blind_chunk(secret: bytes, tokens: list[bytes]) -> list[bytes]:
-    return BlindingKey(secret).blind_many(tokens)
+def _blind_chunk(secret: bytes, tokens: list[bytes], trusted: bool = False) -> list[bytes]:
+    return BlindingKey(secret).blind_many(tokens, trusted=trusted)
 
 
 class BlindingPool:
@@ -58,6 +58,19 @@ class BlindingPool:
                 future.cancel()
             raise
         return out
+
+    def submit(
+        self, secret: bytes, tokens: list[bytes], *, trusted: bool = False
+    ) -> Future[list[bytes]]:
+        """One chunk, asynchronously (callers keep a window of chunks in flight)."""
+        if self._pool is None:
+            done: Future[list[bytes]] = Future()
+            try:
+                done.set_result(_blind_chunk(secret, tokens, trusted))
+            except InvalidPoint as exc:
+                done.set_exception(exc)
+            return done
+        return self._pool.submit(_blind_chunk, secret, tokens, trusted)
 
     def close(self) -> None:
         if self._pool is not None:

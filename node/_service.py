@@ -40,7 +40,6 @@ from node._tables import FlowRow
 from node.errors import AgreementUnknown, BrokerUnavailable, FlowRefused, NodeError
 
 OPERATOR: Final = "operator"
-BATCH_TOKENS: Final = 8192
 FAILURE_HEADER: Final = "accord-failure-reason"
 # The most tokens a node accepts in one set before it even looks at the agreement.
 HARD_SET_LIMIT: Final = 50_000_000
@@ -75,21 +74,58 @@ def flow_context(message: flow_pb2.FlowContext) -> FlowContext:
     )
 
 
-def batches(
-    flow_id: str, tokens: list[bytes], handles: list[bytes]
+def numbered(
+    flow_id: str, size: int, parts: Iterator[tuple[list[bytes], list[bytes]]]
 ) -> Iterator[flow_pb2.TokenBatch]:
-    total = len(tokens)
-    count = max(1, -(-total // BATCH_TOKENS))
-    for index in range(count):
-        start = index * BATCH_TOKENS
-        yield flow_pb2.TokenBatch(
-            flow_id=flow_id,
-            batch_index=index,
-            tokens=tokens[start : start + BATCH_TOKENS],
-            handles=handles[start : start + BATCH_TOKENS] if handles else [],
-            final=index == count - 1,
-            set_size=total,
-        )
+    """Token batches with their index, the set size and ``final`` on the last one."""
+    index = 0
+    held: tuple[list[bytes], list[bytes]] | None = None
+    for part in parts:
+        if held is not None:
+            yield _batch(flow_id, index, held, size, final=False)
+            index += 1
+        held = part
+    yield _batch(flow_id, index, held or ([], []), size, final=True)
+
+
+def _batch(
+    flow_id: str, index: int, part: tuple[list[bytes], list[bytes]], size: int, *, final: bool
+) -> flow_pb2.TokenBatch:
+    tokens, handles = part
+    return flow_pb2.TokenBatch(
+        flow_id=flow_id,
+        batch_index=index,
+        tokens=tokens,
+        handles=handles,
+        final=final,
+        set_size=size,
+    )
+
+
+def received(
+    first: flow_pb2.TokenBatch, rest: Iterator[Any]
+) -> Iterator[tuple[list[bytes], list[bytes]]]:
+    """The partner's batches, checked as they arrive: order, sizes, completeness."""
+    declared = first.set_size
+    expected = 0
+    total = 0
+    batch = first
+    while True:
+        if batch.batch_index != expected or batch.set_size != declared:
+            raise FlowRefused("PEER_REJECTED", "token batches arrived out of order or disagree")
+        total += len(batch.tokens)
+        if total > declared:
+            raise FlowRefused("PEER_REJECTED", "more tokens arrived than announced")
+        yield list(batch.tokens), list(batch.handles)
+        if batch.final:
+            break
+        expected += 1
+        try:
+            batch = next(rest).batch
+        except StopIteration:
+            raise FlowRefused("PEER_REJECTED", "the partner's set arrived incomplete") from None
+    if total != declared:
+        raise FlowRefused("PEER_REJECTED", "the partner's set arrived incomplete")
 
 
 @dataclass
@@ -132,47 +168,29 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self._from_broker(context)
         try:
             flow = flow_context(request.flow)
-            result = self._flows.blind_own_set(flow)
+            own = self._flows.blind_own_set(flow)
+            for batch in numbered(flow.flow_id, own.size, own.batches):
+                yield node_pb2.BlindSetResponse(batch=batch)
         except FlowRefused as exc:
             refuse(context, exc)
-        for batch in batches(flow.flow_id, result.tokens, result.handles):
-            yield node_pb2.BlindSetResponse(batch=batch)
 
     def ReblindSet(self, request_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         self._from_broker(context)
-        flow: FlowContext | None = None
-        tokens: list[bytes] = []
-        handles: list[bytes] = []
-        expected = 0
-        declared: int | None = None
-        final = False
         try:
-            for request in request_iterator:
-                if flow is None:
-                    flow = flow_context(request.flow)
-                batch = request.batch
-                if final or batch.batch_index != expected:
-                    raise FlowRefused("PEER_REJECTED", "token batches arrived out of order")
-                if declared is None:
-                    declared = batch.set_size
-                    if declared > HARD_SET_LIMIT:
-                        raise FlowRefused("SET_TOO_LARGE", "the partner's set is far too large")
-                elif batch.set_size != declared:
-                    raise FlowRefused("PEER_REJECTED", "token batches disagree on the set size")
-                tokens.extend(batch.tokens)
-                handles.extend(batch.handles)
-                if len(tokens) > declared:
-                    raise FlowRefused("PEER_REJECTED", "more tokens arrived than announced")
-                expected += 1
-                final = batch.final
-            if flow is None or not final or len(tokens) != declared:
-                raise FlowRefused("PEER_REJECTED", "the partner's set arrived incomplete")
-            result = self._flows.reblind(flow, tokens, handles)
+            requests = iter(request_iterator)
+            try:
+                first = next(requests)
+            except StopIteration:
+                raise FlowRefused("PEER_REJECTED", "no set arrived") from None
+            flow = flow_context(first.flow)
+            size = first.batch.set_size
+            if size > HARD_SET_LIMIT:
+                raise FlowRefused("SET_TOO_LARGE", "the partner's set is far too large")
+            out = self._flows.reblind(flow, received(first.batch, requests), size)
+            for batch in numbered(flow.flow_id, size, out):
+                yield node_pb2.ReblindSetResponse(batch=batch)
         except FlowRefused as exc:
             refuse(context, exc)
-        del tokens, handles
-        for batch in batches(flow.flow_id, result.tokens, result.handles):
-            yield node_pb2.ReblindSetResponse(batch=batch)
 
     def DeliverMatchResult(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._from_broker(context)
@@ -180,7 +198,14 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             flow = flow_context(request.flow)
             if not request.HasField("match"):
                 raise FlowRefused("PEER_REJECTED", "this node expects a match result")
-            self._flows.deliver_match(flow, list(request.match.matched_handles))
+            match = request.match
+            self._flows.deliver_match(
+                flow,
+                list(match.matched_handles),
+                part=match.batch_index,
+                final=match.final,
+                total=match.matched_total,
+            )
         except FlowRefused as exc:
             refuse(context, exc)
         return node_pb2.DeliverMatchResultResponse()

@@ -27,19 +27,19 @@ from kernel.wire.accord.common.v1 import common_pb2 as accord_dot_common_dot_v1_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61\x63\x63ord/common/v1/flow.proto\x12\x10\x61\x63\x63ord.common.v1\x1a\x1d\x61\x63\x63ord/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfa\x02\n\x04\x46low\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12\x18\n\x10owner_segment_id\x18\x03 \x01(\t\x12\x1c\n\x14recipient_segment_id\x18\x04 \x01(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.accord.common.v1.FlowState\x12;\n\x0e\x66\x61ilure_reason\x18\x06 \x01(\x0e\x32#.accord.common.v1.FlowFailureReason\x12\x16\n\x0e\x66\x61ilure_detail\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eowner_set_size\x18\n \x01(\x04\x12\x1a\n\x12recipient_set_size\x18\x0b \x01(\x04\"\xc6\x01\n\x0b\x46lowContext\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12(\n\x04role\x18\x03 \x01(\x0e\x32\x1a.accord.common.v1.FlowRole\x12\x18\n\x10owner_segment_id\x18\x04 \x01(\t\x12\x1c\n\x14recipient_segment_id\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\nTokenBatch\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x13\n\x0b\x62\x61tch_index\x18\x02 \x01(\r\x12\x0e\n\x06tokens\x18\x03 \x03(\x0c\x12\x0f\n\x07handles\x18\x04 \x03(\x0c\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x12\x10\n\x08set_size\x18\x06 \x01(\x04\"\xaa\x01\n\x0cOverlapCount\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66low_id\x18\x02 \x01(\t\x12\x12\n\nsuppressed\x18\x03 \x01(\x08\x12\x14\n\x0cnoised_count\x18\x04 \x01(\x04\x12\x15\n\repsilon_spent\x18\x05 \x01(\t\x12\x19\n\x11\x65psilon_remaining\x18\x06 \x01(\t\x12\x17\n\x0fowner_signature\x18\x07 \x01(\x0c\"M\n\x0bMatchResult\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66low_id\x18\x02 \x01(\t\x12\x17\n\x0fmatched_handles\x18\x03 \x03(\x0c\"\x93\x01\n\x0cReleaseBatch\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66low_id\x18\x02 \x01(\t\x12\x13\n\x0b\x62\x61tch_index\x18\x03 \x01(\r\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\x12\x0b\n\x03\x65nc\x18\x05 \x01(\x0c\x12\x12\n\nciphertext\x18\x06 \x01(\x0c\x12\x17\n\x0fowner_signature\x18\x07 \x01(\x0c\"u\n\x0eReleasePayload\x12\x31\n\x07records\x18\x01 \x03(\x0b\x32 .accord.common.v1.ReleasedRecord\x12\x30\n\x0c\x64\x65lete_after\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x82\x01\n\x0eReleasedRecord\x12\x12\n\nrelease_id\x18\x01 \x01(\x0c\x12/\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x1f.accord.common.v1.ReleasedField\x12+\n\x08\x63hannels\x18\x03 \x03(\x0e\x32\x19.accord.common.v1.Channel\"-\n\rReleasedField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t*S\n\x08\x46lowRole\x12\x19\n\x15\x46LOW_ROLE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46LOW_ROLE_OWNER\x10\x01\x12\x17\n\x13\x46LOW_ROLE_RECIPIENT\x10\x02*\xd8\x01\n\tFlowState\x12\x1a\n\x16\x46LOW_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46LOW_STATE_PENDING\x10\x01\x12\x17\n\x13\x46LOW_STATE_BLINDING\x10\x02\x12\x19\n\x15\x46LOW_STATE_REBLINDING\x10\x03\x12\x17\n\x13\x46LOW_STATE_MATCHING\x10\x04\x12\x19\n\x15\x46LOW_STATE_DELIVERING\x10\x05\x12\x18\n\x14\x46LOW_STATE_SUCCEEDED\x10\x06\x12\x15\n\x11\x46LOW_STATE_FAILED\x10\x07*\x9d\x03\n\x11\x46lowFailureReason\x12#\n\x1f\x46LOW_FAILURE_REASON_UNSPECIFIED\x10\x00\x12*\n&FLOW_FAILURE_REASON_AGREEMENT_INACTIVE\x10\x01\x12$\n FLOW_FAILURE_REASON_RATE_LIMITED\x10\x02\x12*\n&FLOW_FAILURE_REASON_BELOW_MIN_AUDIENCE\x10\x03\x12%\n!FLOW_FAILURE_REASON_SET_TOO_LARGE\x10\x04\x12(\n$FLOW_FAILURE_REASON_BUDGET_EXHAUSTED\x10\x05\x12%\n!FLOW_FAILURE_REASON_PEER_REJECTED\x10\x06\x12(\n$FLOW_FAILURE_REASON_NODE_UNAVAILABLE\x10\x07\x12!\n\x1d\x46LOW_FAILURE_REASON_CANCELLED\x10\x08\x12 \n\x1c\x46LOW_FAILURE_REASON_INTERNAL\x10\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61\x63\x63ord/common/v1/flow.proto\x12\x10\x61\x63\x63ord.common.v1\x1a\x1d\x61\x63\x63ord/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfa\x02\n\x04\x46low\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12\x18\n\x10owner_segment_id\x18\x03 \x01(\t\x12\x1c\n\x14recipient_segment_id\x18\x04 \x01(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.accord.common.v1.FlowState\x12;\n\x0e\x66\x61ilure_reason\x18\x06 \x01(\x0e\x32#.accord.common.v1.FlowFailureReason\x12\x16\n\x0e\x66\x61ilure_detail\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eowner_set_size\x18\n \x01(\x04\x12\x1a\n\x12recipient_set_size\x18\x0b \x01(\x04\"\xc6\x01\n\x0b\x46lowContext\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12(\n\x04role\x18\x03 \x01(\x0e\x32\x1a.accord.common.v1.FlowRole\x12\x18\n\x10owner_segment_id\x18\x04 \x01(\t\x12\x1c\n\x14recipient_segment_id\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\nTokenBatch\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x13\n\x0b\x62\x61tch_index\x18\x02 \x01(\r\x12\x0e\n\x06tokens\x18\x03 \x03(\x0c\x12\x0f\n\x07handles\x18\x04 \x03(\x0c\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x12\x10\n\x08set_size\x18\x06 \x01(\x04\"\xaa\x01\n\x0cOverlapCount\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66low_id\x18\x02 \x01(\t\x12\x12\n\nsuppressed\x18\x03 \x01(\x08\x12\x14\n\x0cnoised_count\x18\x04 \x01(\x04\x12\x15\n\repsilon_spent\x18\x05 \x01(\t\x12\x19\n\x11\x65psilon_remaining\x18\x06 \x01(\t\x12\x17\n\x0fowner_signature\x18\x07 \x01(\x0c\"\x88\x01\n\x0bMatchResult\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66low_id\x18\x02 \x01(\t\x12\x17\n\x0fmatched_handles\x18\x03 \x03(\x0c\x12\x13\n\x0b\x62\x61tch_index\x18\x04 \x01(\r\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x12\x15\n\rmatched_total\x18\x06 \x01(\x04\"\x93\x01\n\x0cReleaseBatch\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66low_id\x18\x02 \x01(\t\x12\x13\n\x0b\x62\x61tch_index\x18\x03 \x01(\r\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\x12\x0b\n\x03\x65nc\x18\x05 \x01(\x0c\x12\x12\n\nciphertext\x18\x06 \x01(\x0c\x12\x17\n\x0fowner_signature\x18\x07 \x01(\x0c\"u\n\x0eReleasePayload\x12\x31\n\x07records\x18\x01 \x03(\x0b\x32 .accord.common.v1.ReleasedRecord\x12\x30\n\x0c\x64\x65lete_after\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x82\x01\n\x0eReleasedRecord\x12\x12\n\nrelease_id\x18\x01 \x01(\x0c\x12/\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x1f.accord.common.v1.ReleasedField\x12+\n\x08\x63hannels\x18\x03 \x03(\x0e\x32\x19.accord.common.v1.Channel\"-\n\rReleasedField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t*S\n\x08\x46lowRole\x12\x19\n\x15\x46LOW_ROLE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46LOW_ROLE_OWNER\x10\x01\x12\x17\n\x13\x46LOW_ROLE_RECIPIENT\x10\x02*\xd8\x01\n\tFlowState\x12\x1a\n\x16\x46LOW_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46LOW_STATE_PENDING\x10\x01\x12\x17\n\x13\x46LOW_STATE_BLINDING\x10\x02\x12\x19\n\x15\x46LOW_STATE_REBLINDING\x10\x03\x12\x17\n\x13\x46LOW_STATE_MATCHING\x10\x04\x12\x19\n\x15\x46LOW_STATE_DELIVERING\x10\x05\x12\x18\n\x14\x46LOW_STATE_SUCCEEDED\x10\x06\x12\x15\n\x11\x46LOW_STATE_FAILED\x10\x07*\x9d\x03\n\x11\x46lowFailureReason\x12#\n\x1f\x46LOW_FAILURE_REASON_UNSPECIFIED\x10\x00\x12*\n&FLOW_FAILURE_REASON_AGREEMENT_INACTIVE\x10\x01\x12$\n FLOW_FAILURE_REASON_RATE_LIMITED\x10\x02\x12*\n&FLOW_FAILURE_REASON_BELOW_MIN_AUDIENCE\x10\x03\x12%\n!FLOW_FAILURE_REASON_SET_TOO_LARGE\x10\x04\x12(\n$FLOW_FAILURE_REASON_BUDGET_EXHAUSTED\x10\x05\x12%\n!FLOW_FAILURE_REASON_PEER_REJECTED\x10\x06\x12(\n$FLOW_FAILURE_REASON_NODE_UNAVAILABLE\x10\x07\x12!\n\x1d\x46LOW_FAILURE_REASON_CANCELLED\x10\x08\x12 \n\x1c\x46LOW_FAILURE_REASON_INTERNAL\x10\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kernel.wire.accord.common.v1.flow_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FLOWROLE']._serialized_start=1514
-  _globals['_FLOWROLE']._serialized_end=1597
-  _globals['_FLOWSTATE']._serialized_start=1600
-  _globals['_FLOWSTATE']._serialized_end=1816
-  _globals['_FLOWFAILUREREASON']._serialized_start=1819
-  _globals['_FLOWFAILUREREASON']._serialized_end=2232
+  _globals['_FLOWROLE']._serialized_start=1574
+  _globals['_FLOWROLE']._serialized_end=1657
+  _globals['_FLOWSTATE']._serialized_start=1660
+  _globals['_FLOWSTATE']._serialized_end=1876
+  _globals['_FLOWFAILUREREASON']._serialized_start=1879
+  _globals['_FLOWFAILUREREASON']._serialized_end=2292
   _globals['_FLOW']._serialized_start=114
   _globals['_FLOW']._serialized_end=492
   _globals['_FLOWCONTEXT']._serialized_start=495
@@ -48,14 +48,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENBATCH']._serialized_end=811
   _globals['_OVERLAPCOUNT']._serialized_start=814
   _globals['_OVERLAPCOUNT']._serialized_end=984
-  _globals['_MATCHRESULT']._serialized_start=986
-  _globals['_MATCHRESULT']._serialized_end=1063
-  _globals['_RELEASEBATCH']._serialized_start=1066
-  _globals['_RELEASEBATCH']._serialized_end=1213
-  _globals['_RELEASEPAYLOAD']._serialized_start=1215
-  _globals['_RELEASEPAYLOAD']._serialized_end=1332
-  _globals['_RELEASEDRECORD']._serialized_start=1335
-  _globals['_RELEASEDRECORD']._serialized_end=1465
-  _globals['_RELEASEDFIELD']._serialized_start=1467
-  _globals['_RELEASEDFIELD']._serialized_end=1512
+  _globals['_MATCHRESULT']._serialized_start=987
+  _globals['_MATCHRESULT']._serialized_end=1123
+  _globals['_RELEASEBATCH']._serialized_start=1126
+  _globals['_RELEASEBATCH']._serialized_end=1273
+  _globals['_RELEASEPAYLOAD']._serialized_start=1275
+  _globals['_RELEASEPAYLOAD']._serialized_end=1392
+  _globals['_RELEASEDRECORD']._serialized_start=1395
+  _globals['_RELEASEDRECORD']._serialized_end=1525
+  _globals['_RELEASEDFIELD']._serialized_start=1527
+  _globals['_RELEASEDFIELD']._serialized_end=1572
 # @@protoc_insertion_point(module_scope)

@@ -360,8 +360,17 @@ class MatchResult(_message.Message):
     AGREEMENT_ID_FIELD_NUMBER: _builtins.int
     FLOW_ID_FIELD_NUMBER: _builtins.int
     MATCHED_HANDLES_FIELD_NUMBER: _builtins.int
+    BATCH_INDEX_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
+    MATCHED_TOTAL_FIELD_NUMBER: _builtins.int
     agreement_id: _builtins.str
     flow_id: _builtins.str
+    batch_index: _builtins.int
+    """A large result comes in several calls: 0, 1, 2, … The recipient keeps nothing until
+    the final part, whose matched_total counts the handles of all parts.
+    """
+    final: _builtins.bool
+    matched_total: _builtins.int
     @_builtins.property
     def matched_handles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """16-byte handles from the recipient's own set whose doubly-blinded token is in the
@@ -374,10 +383,13 @@ class MatchResult(_message.Message):
         agreement_id: _builtins.str = ...,
         flow_id: _builtins.str = ...,
         matched_handles: _abc.Iterable[_builtins.bytes] | None = ...,
+        batch_index: _builtins.int = ...,
+        final: _builtins.bool = ...,
+        matched_total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "flow_id", b"flow_id", "matched_handles", b"matched_handles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "batch_index", b"batch_index", "final", b"final", "flow_id", b"flow_id", "matched_handles", b"matched_handles", "matched_total", b"matched_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,107 @@
+"""node.blinding: size buckets, dummies, handles and shuffling, epoch caches."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kernel.crypto import hash_to_curve, random_bytes, validate_token
+from node.blinding import (
+    HANDLE_SIZE,
+    EpochCache,
+    KeyScope,
+    dummy_points,
+    shuffled_set,
+    size_bucket,
+)
+
+
+@given(st.integers(min_value=0, max_value=10**9))
+def test_buckets_pad_by_at_most_a_sixteenth(count: int) -> None:
+    bucket = size_bucket(count)
+    assert bucket >= count
+    if count <= 32:
+        assert bucket == 32
+    else:
+        assert (bucket - count) * 16 < count  # under 6.25 % padding
+    assert size_bucket(bucket) == bucket  # a bucket is its own bucket
+
+
+@given(st.integers(min_value=0, max_value=10**7), st.integers(min_value=0, max_value=10**7))
+def test_buckets_are_monotonic(a: int, b: int) -> None:
+    if a <= b:
+        assert size_bucket(a) <= size_bucket(b)
+
+
+def test_buckets_hide_the_exact_size() -> None:
+    # Many sizes share one bucket: an observer learns only about four bits.
+    assert len({size_bucket(n) for n in range(98_305, 102_401)}) == 1
+
+
+def test_dummies_are_valid_stable_and_scoped() -> None:
+    master = random_bytes(32)
+    scope = KeyScope("agr", "seg", epoch=3)
+    first = dummy_points(master, scope, 0, 50)
+    for point in first:
+        validate_token(point)
+    assert len(set(first)) == 50
+    assert dummy_points(master, scope, 0, 50) == first  # recur across flows of the epoch
+    assert dummy_points(master, scope, 20, 10) == first[20:30]
+    for other in (
+        KeyScope("agr", "seg", epoch=4),
+        KeyScope("agr", "seg", epoch=3, rotation=1),
+        KeyScope("agr2", "seg", epoch=3),
+        KeyScope("agr", "seg2", epoch=3),
+    ):
+        assert not set(dummy_points(master, other, 0, 50)) & set(first)
+    assert not set(dummy_points(random_bytes(32), scope, 0, 50)) & set(first)
+
+
+def test_shuffled_sets_have_fresh_handles_and_a_fresh_order() -> None:
+    real = [(i, hash_to_curve("email", f"c{i}@example.com")) for i in range(500)]
+    dummies = [hash_to_curve("dummy", f"d{i}") for i in range(20)]
+    one = shuffled_set(real, dummies)
+    two = shuffled_set(real, dummies)
+    assert sorted(one.inputs) == sorted(two.inputs) == sorted([p for _, p in real] + dummies)
+    assert one.inputs != two.inputs  # 520! orders: equal only by (impossible) chance
+    assert one.inputs != [p for _, p in real] + dummies  # not the store order
+    assert all(len(h) == HANDLE_SIZE for h in one.handles)
+    assert len(set(one.handles)) == 520 and not set(one.handles) & set(two.handles)
+    for handle, point in zip(one.handles, one.inputs, strict=True):
+        owner = one.owners[handle]
+        assert (owner is None) == (point in dummies)
+        if owner is not None:
+            assert real[owner][1] == point
+
+
+def test_epoch_cache_drops_older_epochs_of_the_same_agreement() -> None:
+    cache = EpochCache()
+    old = KeyScope("a1", "s", epoch=1)
+    other = KeyScope("a2", "s", epoch=1)
+    cache.map_for(old)[b"x"] = b"y"
+    cache.map_for(other)[b"x"] = b"z"
+    new = KeyScope("a1", "s", epoch=2)
+    assert cache.map_for(new) == {}
+    assert set(cache.scopes()) == {other, new}  # a1's epoch 1 is gone, a2 untouched
+    rotated = KeyScope("a1", "s", epoch=2, rotation=1)
+    cache.map_for(rotated)
+    assert new not in cache.scopes()
+    cache.drop("a2")
+    assert cache.scopes() == [rotated]
+
+
+def test_secure_shuffle_is_uniform_and_a_permutation() -> None:
+    from collections import Counter
+
+    from node.blinding import secure_shuffle
+
+    counts: Counter[tuple[int, ...]] = Counter()
+    for _ in range(6000):
+        items = [0, 1, 2]
+        secure_shuffle(items)
+        counts[tuple(items)] += 1
+    assert len(counts) == 6  # every order of three appears …
+    assert all(800 < c < 1200 for c in counts.values()), counts  # … about equally often
+    big = list(range(10_000))
+    secure_shuffle(big)
+    assert sorted(big) == list(range(10_000)) and big != list(range(10_000))
