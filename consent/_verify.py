@@ -23,14 +23,14 @@ from it to the latest head is built from the entries and checked.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Generator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, select
 
-from consent._ledger import from_db_time
 from consent._tables import ConsentEventRow, EntryRow, LogStateRow, RecordRow, TreeHeadRow
 from consent.errors import LedgerTampered, ProofError, TrustedHeadMismatch
 from consent.merkle import (
@@ -43,7 +43,7 @@ from consent.merkle import (
 from consent.records import (
     SignedTreeHead,
     commitment_from_leaf_data,
-    format_time,
+    parse_time,
     record_commitment,
 )
 from kernel.crypto import SALT_SIZE
@@ -122,7 +122,7 @@ def verify_log(
                 data = bytes(row.data)
                 commitment = _commitment_of(index, row.kind, data)
                 if row.record is not None:
-                    salt = bytes(row.salt)
+                    salt = bytes(row.salt or b"")
                     if len(salt) != SALT_SIZE or (
                         record_commitment(salt, index, bytes(row.record)) != commitment
                     ):
@@ -202,84 +202,91 @@ def _snapshot(engine: Engine) -> Generator[Connection, None, None]:
             connection.rollback()
 
 
-def _stream(connection: Any) -> Generator[Any, None, None]:
-    query = (
-        select(
-            _entries.c.leaf_index,
-            _entries.c.kind,
-            _entries.c.data,
-            _records.c.record,
-            _records.c.salt,
-        )
-        .outerjoin(_records, _records.c.leaf_index == _entries.c.leaf_index)
-        .order_by(_entries.c.leaf_index)
+def _raw_rows(connection: Any, sql: str) -> Generator[tuple[Any, ...], None, None]:
+    """Rows as plain driver tuples, in batches: verification reads every row, and per-row
+    ORM processing would be most of its cost. On PostgreSQL a server-side cursor (memory
+    stays flat); the cursor is the connection's, so it reads the same snapshot."""
+    dbapi = connection.connection.dbapi_connection
+    if connection.dialect.name == "postgresql":
+        cursor = dbapi.cursor(name=f"accord_verify_{uuid.uuid4().hex}")
+    else:
+        cursor = dbapi.cursor()
+    try:
+        cursor.execute(sql)
+        while True:
+            rows = cursor.fetchmany(_BATCH)
+            if not rows:
+                return
+            yield from rows
+    finally:
+        cursor.close()
+
+
+class _Entry(NamedTuple):
+    leaf_index: int
+    kind: str
+    data: bytes
+    record: bytes | None
+    salt: bytes | None
+
+
+def _stream(connection: Any) -> Generator[_Entry, None, None]:
+    sql = (
+        "SELECT e.leaf_index, e.kind, e.data, r.record, r.salt FROM audit_entries e "
+        "LEFT JOIN audit_records r ON r.leaf_index = e.leaf_index ORDER BY e.leaf_index"
     )
-    with connection.execution_options(stream_results=True, yield_per=_BATCH).execute(
-        query
-    ) as result:
-        yield from result
+    with closing(_raw_rows(connection, sql)) as rows:
+        for row in rows:
+            yield _Entry(*row)
 
 
 def _check_consent_projection(connection: Any) -> int:
     """The consent-event columns flows decide on must say what the committed records say."""
-    query = (
-        select(
-            _events.c.leaf_index,
-            _events.c.event_id,
-            _events.c.subject,
-            _events.c.event_type,
-            _events.c.purpose,
-            _events.c.purpose_version,
-            _events.c.recipient,
-            _events.c.channels,
-            _events.c.collected_at,
-            _events.c.expires_at,
-            _records.c.record,
-            _entries.c.kind,
-        )
-        .outerjoin(_records, _records.c.leaf_index == _events.c.leaf_index)
-        .outerjoin(_entries, _entries.c.leaf_index == _events.c.leaf_index)
+    sql = (
+        "SELECT c.leaf_index, c.event_id, c.subject, c.event_type, c.purpose, "
+        "c.purpose_version, c.recipient, c.channels, c.collected_at, c.expires_at, "
+        "r.record, e.kind FROM consent_events c "
+        "LEFT JOIN audit_records r ON r.leaf_index = c.leaf_index "
+        "LEFT JOIN audit_entries e ON e.leaf_index = c.leaf_index"
     )
+    stored_time = _stored_time(connection.dialect.name)
     checked = 0
-    with connection.execution_options(stream_results=True, yield_per=_BATCH).execute(
-        query
-    ) as result:
-        for row in result:
-            if row.record is None or row.kind != "consent":
+    with closing(_raw_rows(connection, sql)) as rows:
+        for row in rows:
+            (leaf_index, event_id, subject, event_type, purpose, version, recipient,
+             channels, collected_at, expires_at, record, kind) = row  # fmt: skip
+            if record is None or kind != "consent":
                 raise LedgerTampered(
-                    f"consent event {row.event_id} points at entry {row.leaf_index}, which "
-                    "holds no consent record"
+                    f"consent event {event_id} points at entry {leaf_index}, which holds no "
+                    "consent record"
                 )
-            record = json.loads(row.record)
-            projected = (
-                row.event_id,
-                row.subject,
-                row.event_type,
-                row.purpose,
-                int(row.purpose_version),
-                row.recipient,
-                row.channels,
-                format_time(from_db_time(row.collected_at)),
-                None if row.expires_at is None else format_time(from_db_time(row.expires_at)),
-            )
-            committed = (
-                record.get("event_id"),
-                record.get("subject"),
-                record.get("event_type"),
-                record.get("purpose"),
-                record.get("purpose_version"),
-                record.get("recipient"),
-                ",".join(record.get("channels") or ()),
-                record.get("collected_at"),
-                record.get("expires_at"),
-            )
-            if projected != committed:
+            committed = json.loads(record)
+            expected_expiry = committed.get("expires_at")
+            if (
+                committed.get("event_id") != event_id
+                or committed.get("subject") != subject
+                or committed.get("event_type") != event_type
+                or committed.get("purpose") != purpose
+                or committed.get("purpose_version") != int(version)
+                or committed.get("recipient") != recipient
+                or ",".join(committed.get("channels") or ()) != channels
+                or stored_time(committed.get("collected_at")) != collected_at
+                or (None if expected_expiry is None else stored_time(expected_expiry)) != expires_at
+            ):
                 raise LedgerTampered(
-                    f"consent event {row.event_id} (entry {row.leaf_index}): its columns, "
-                    "which flows decide on, differ from the committed record"
+                    f"consent event {event_id} (entry {leaf_index}): its columns, which flows "
+                    "decide on, differ from the committed record"
                 )
             checked += 1
     return checked
+
+
+def _stored_time(backend: str) -> Any:
+    """How a record's RFC 3339 time reads back from the column (to compare without parsing
+    a million datetimes): SQLite keeps SQLAlchemy's UTC text, PostgreSQL a datetime."""
+    if backend == "sqlite":
+        return lambda text: None if text is None else text[:-1].replace("T", " ")
+    return lambda text: None if text is None else parse_time(text)
 
 
 def _commitment_of(index: int, kind: str, data: bytes) -> bytes:

@@ -283,9 +283,10 @@ class FlowEngine:
         """Count the inputs not blinded yet in this epoch against the cap (or refuse)."""
         with self._lock:
             cached = self._cache.map_for(scope)
-            missing = len({x for x in inputs if x not in cached})
-            self._charge(agreement, scope, missing)
-        return missing
+            missing = [x for x in inputs if x not in cached]
+            count = len(set(missing)) if missing else 0
+            self._charge(agreement, scope, count)
+        return count
 
     def _blind_stream(
         self, scope: KeyScope, chunks: Iterator[list[bytes]], *, trusted: bool = False
@@ -310,13 +311,16 @@ class FlowEngine:
                 raise FlowRefused("PEER_REJECTED", f"a received token is invalid: {exc}") from exc
             with self._lock:
                 cached = self._cache.map_for(scope)
-                cached.update(zip(missing, fresh, strict=True))
-                return [cached[x] for x in chunk]
+                if missing:
+                    cached.update(zip(missing, fresh, strict=True))
+                return list(map(cached.__getitem__, chunk))
 
         for chunk in chunks:
             with self._lock:
                 cached = self._cache.map_for(scope)
-                missing = list(dict.fromkeys(x for x in chunk if x not in cached))
+                missing = [x for x in chunk if x not in cached]
+                if missing:
+                    missing = list(dict.fromkeys(missing))
             futures = [
                 self._pool.submit(secret, missing[i : i + POOL_TASK], trusted=trusted)
                 for i in range(0, len(missing), POOL_TASK)
