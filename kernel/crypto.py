@@ -329,6 +329,7 @@ SIGNED_KINDS: Final = frozenset(
         "revocation-ack",
         "subject-proof",
         "tree-head",
+        "witness-cosignature",
     }
 )
 

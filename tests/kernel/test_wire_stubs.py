@@ -62,6 +62,7 @@ SERVICES: dict[tuple[str, str], dict[str, tuple[bool, bool]]] = {
         "DeliverReleaseBatch": (True, False),
         "Revoke": (False, False),
         "GetTreeHead": (False, False),
+        "AgreementRevoked": (False, False),
     },
     ("kernel.wire.accord.broker.v1.broker_pb2", "accord.broker.v1.BrokerService"): {
         "RegisterNode": (False, False),
@@ -82,6 +83,7 @@ SERVICES: dict[tuple[str, str], dict[str, tuple[bool, bool]]] = {
         "WitnessTreeHead": (False, False),
         "ListWitnessedHeads": (False, False),
         "GetTreeHead": (False, False),
+        "GetBrokerInfo": (False, False),
     },
     ("kernel.wire.accord.consent.v1.consent_pb2", "accord.consent.v1.ConsentService"): {
         "RecordConsentEvent": (False, False),

@@ -126,6 +126,11 @@ class BrokerServiceStub:
                 request_serializer=accord_dot_broker_dot_v1_dot_broker__pb2.GetTreeHeadRequest.SerializeToString,
                 response_deserializer=accord_dot_broker_dot_v1_dot_broker__pb2.GetTreeHeadResponse.FromString,
                 _registered_method=True)
+        self.GetBrokerInfo = channel.unary_unary(
+                '/accord.broker.v1.BrokerService/GetBrokerInfo',
+                request_serializer=accord_dot_broker_dot_v1_dot_broker__pb2.GetBrokerInfoRequest.SerializeToString,
+                response_deserializer=accord_dot_broker_dot_v1_dot_broker__pb2.GetBrokerInfoResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServiceServicer:
@@ -270,6 +275,13 @@ class BrokerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBrokerInfo(self, request, context):
+        """The broker's name and public keys (it signs cosignatures and its own tree heads).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -362,6 +374,11 @@ def add_BrokerServiceServicer_to_server(servicer, server):
                     servicer.GetTreeHead,
                     request_deserializer=accord_dot_broker_dot_v1_dot_broker__pb2.GetTreeHeadRequest.FromString,
                     response_serializer=accord_dot_broker_dot_v1_dot_broker__pb2.GetTreeHeadResponse.SerializeToString,
+            ),
+            'GetBrokerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBrokerInfo,
+                    request_deserializer=accord_dot_broker_dot_v1_dot_broker__pb2.GetBrokerInfoRequest.FromString,
+                    response_serializer=accord_dot_broker_dot_v1_dot_broker__pb2.GetBrokerInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -851,6 +868,33 @@ class BrokerService:
             '/accord.broker.v1.BrokerService/GetTreeHead',
             accord_dot_broker_dot_v1_dot_broker__pb2.GetTreeHeadRequest.SerializeToString,
             accord_dot_broker_dot_v1_dot_broker__pb2.GetTreeHeadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBrokerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/accord.broker.v1.BrokerService/GetBrokerInfo',
+            accord_dot_broker_dot_v1_dot_broker__pb2.GetBrokerInfoRequest.SerializeToString,
+            accord_dot_broker_dot_v1_dot_broker__pb2.GetBrokerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

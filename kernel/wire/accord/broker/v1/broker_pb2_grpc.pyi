@@ -93,6 +93,8 @@ class BrokerServiceStub:
     """Witnessed heads of one log, newest first."""
     GetTreeHead: _grpc.UnaryUnaryMultiCallable[_broker_pb2.GetTreeHeadRequest, _broker_pb2.GetTreeHeadResponse]
     """The broker's own log (agreements and flows): its latest signed tree head."""
+    GetBrokerInfo: _grpc.UnaryUnaryMultiCallable[_broker_pb2.GetBrokerInfoRequest, _broker_pb2.GetBrokerInfoResponse]
+    """The broker's name and public keys (it signs cosignatures and its own tree heads)."""
 
 @_typing.type_check_only
 class BrokerServiceAsyncStub(BrokerServiceStub):
@@ -153,6 +155,8 @@ class BrokerServiceAsyncStub(BrokerServiceStub):
     """Witnessed heads of one log, newest first."""
     GetTreeHead: _aio.UnaryUnaryMultiCallable[_broker_pb2.GetTreeHeadRequest, _broker_pb2.GetTreeHeadResponse]  # type: ignore[assignment]
     """The broker's own log (agreements and flows): its latest signed tree head."""
+    GetBrokerInfo: _aio.UnaryUnaryMultiCallable[_broker_pb2.GetBrokerInfoRequest, _broker_pb2.GetBrokerInfoResponse]  # type: ignore[assignment]
+    """The broker's name and public keys (it signs cosignatures and its own tree heads)."""
 
 class BrokerServiceServicer(metaclass=_abc_1.ABCMeta):
     """--- Registry and catalog -----------------------------------------------------------"""
@@ -318,5 +322,13 @@ class BrokerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_broker_pb2.GetTreeHeadResponse, _abc.Awaitable[_broker_pb2.GetTreeHeadResponse]]:
         """The broker's own log (agreements and flows): its latest signed tree head."""
+
+    @_abc_1.abstractmethod
+    def GetBrokerInfo(
+        self,
+        request: _broker_pb2.GetBrokerInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_broker_pb2.GetBrokerInfoResponse, _abc.Awaitable[_broker_pb2.GetBrokerInfoResponse]]:
+        """The broker's name and public keys (it signs cosignatures and its own tree heads)."""
 
 def add_BrokerServiceServicer_to_server(servicer: BrokerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -115,6 +115,10 @@ class _FlowFailureReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Flo
     """The flow was cancelled (e.g. its agreement was revoked while it ran)."""
     FLOW_FAILURE_REASON_INTERNAL: _FlowFailureReason.ValueType  # 9
     """Anything else; details are in the broker's log."""
+    FLOW_FAILURE_REASON_SEGMENT_UNKNOWN: _FlowFailureReason.ValueType  # 10
+    """A node has no segment of the name the flow asks for (it was never defined or was
+    deleted); the flow's detail names it.
+    """
 
 class FlowFailureReason(_FlowFailureReason, metaclass=_FlowFailureReasonEnumTypeWrapper):
     """Why a flow failed. Peers that fail a cryptographic check get one opaque reason
@@ -140,6 +144,10 @@ FLOW_FAILURE_REASON_CANCELLED: FlowFailureReason.ValueType  # 8
 """The flow was cancelled (e.g. its agreement was revoked while it ran)."""
 FLOW_FAILURE_REASON_INTERNAL: FlowFailureReason.ValueType  # 9
 """Anything else; details are in the broker's log."""
+FLOW_FAILURE_REASON_SEGMENT_UNKNOWN: FlowFailureReason.ValueType  # 10
+"""A node has no segment of the name the flow asks for (it was never defined or was
+deleted); the flow's detail names it.
+"""
 Global___FlowFailureReason: _TypeAlias = FlowFailureReason  # noqa: Y015
 
 @_typing.final

@@ -131,6 +131,11 @@ class NodeServiceStub:
                 request_serializer=accord_dot_node_dot_v1_dot_node__pb2.GetTreeHeadRequest.SerializeToString,
                 response_deserializer=accord_dot_node_dot_v1_dot_node__pb2.GetTreeHeadResponse.FromString,
                 _registered_method=True)
+        self.AgreementRevoked = channel.unary_unary(
+                '/accord.node.v1.NodeService/AgreementRevoked',
+                request_serializer=accord_dot_node_dot_v1_dot_node__pb2.AgreementRevokedRequest.SerializeToString,
+                response_deserializer=accord_dot_node_dot_v1_dot_node__pb2.AgreementRevokedResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -278,6 +283,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AgreementRevoked(self, request, context):
+        """The broker tells both parties that one of them revoked an agreement; each node checks
+        the revoking party's signature and stops every flow under it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -375,6 +388,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.GetTreeHead,
                     request_deserializer=accord_dot_node_dot_v1_dot_node__pb2.GetTreeHeadRequest.FromString,
                     response_serializer=accord_dot_node_dot_v1_dot_node__pb2.GetTreeHeadResponse.SerializeToString,
+            ),
+            'AgreementRevoked': grpc.unary_unary_rpc_method_handler(
+                    servicer.AgreementRevoked,
+                    request_deserializer=accord_dot_node_dot_v1_dot_node__pb2.AgreementRevokedRequest.FromString,
+                    response_serializer=accord_dot_node_dot_v1_dot_node__pb2.AgreementRevokedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -891,6 +909,33 @@ class NodeService:
             '/accord.node.v1.NodeService/GetTreeHead',
             accord_dot_node_dot_v1_dot_node__pb2.GetTreeHeadRequest.SerializeToString,
             accord_dot_node_dot_v1_dot_node__pb2.GetTreeHeadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AgreementRevoked(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/accord.node.v1.NodeService/AgreementRevoked',
+            accord_dot_node_dot_v1_dot_node__pb2.AgreementRevokedRequest.SerializeToString,
+            accord_dot_node_dot_v1_dot_node__pb2.AgreementRevokedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -93,6 +93,10 @@ class NodeServiceStub:
     """As recipient: deletes what a revocation names and answers with a signed ack."""
     GetTreeHead: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetTreeHeadRequest, _node_pb2.GetTreeHeadResponse]
     """The node's latest signed tree head, for the broker to witness (also for auditors)."""
+    AgreementRevoked: _grpc.UnaryUnaryMultiCallable[_node_pb2.AgreementRevokedRequest, _node_pb2.AgreementRevokedResponse]
+    """The broker tells both parties that one of them revoked an agreement; each node checks
+    the revoking party's signature and stops every flow under it.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -152,6 +156,10 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """As recipient: deletes what a revocation names and answers with a signed ack."""
     GetTreeHead: _aio.UnaryUnaryMultiCallable[_node_pb2.GetTreeHeadRequest, _node_pb2.GetTreeHeadResponse]  # type: ignore[assignment]
     """The node's latest signed tree head, for the broker to witness (also for auditors)."""
+    AgreementRevoked: _aio.UnaryUnaryMultiCallable[_node_pb2.AgreementRevokedRequest, _node_pb2.AgreementRevokedResponse]  # type: ignore[assignment]
+    """The broker tells both parties that one of them revoked an agreement; each node checks
+    the revoking party's signature and stops every flow under it.
+    """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """--- Operator calls -----------------------------------------------------------------"""
@@ -322,5 +330,15 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.GetTreeHeadResponse, _abc.Awaitable[_node_pb2.GetTreeHeadResponse]]:
         """The node's latest signed tree head, for the broker to witness (also for auditors)."""
+
+    @_abc_1.abstractmethod
+    def AgreementRevoked(
+        self,
+        request: _node_pb2.AgreementRevokedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.AgreementRevokedResponse, _abc.Awaitable[_node_pb2.AgreementRevokedResponse]]:
+        """The broker tells both parties that one of them revoked an agreement; each node checks
+        the revoking party's signature and stops every flow under it.
+        """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
