@@ -186,6 +186,14 @@ class Ledger:
             connection.execute(insert(_heads), [_head_row(head)])
         return _AppendResult(first, head, list(range(first, frontier.size)))
 
+    def append_record(
+        self, kind: str, record: dict[str, Any], *, subject: str | None = None
+    ) -> tuple[int, SignedTreeHead]:
+        """Append one entry whose record is ``record``'s canonical JSON (flows, revocations,
+        retention): ids and counts, never identifiers."""
+        indices, head = self.append([NewEntry(kind, canonical_json(record), subject)])
+        return indices[0], head
+
     def latest_head(self) -> SignedTreeHead | None:
         with self.engine.connect() as connection:
             row = connection.execute(

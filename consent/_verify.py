@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -70,9 +70,18 @@ class VerifyReport:
 
 
 def verify_log(
-    engine: Engine, *, public_key: bytes, trusted_head: SignedTreeHead | None = None
+    engine: Engine,
+    *,
+    public_key: bytes,
+    trusted_head: SignedTreeHead | None = None,
+    witnessed_heads: Sequence[SignedTreeHead] = (),
 ) -> VerifyReport:
-    """Verify the whole log; raise ``LedgerTampered`` naming the first problem found."""
+    """Verify the whole log; raise ``LedgerTampered`` naming the first problem found.
+
+    ``trusted_head`` (one head published earlier) and ``witnessed_heads`` (the heads a
+    witness saw) must each be a prefix of this log: same root at their size, and no
+    entries gone (``TrustedHeadMismatch`` otherwise). Their signatures are this log's.
+    """
     with _snapshot(engine) as connection:
         state = _state(connection)
         size_at_start = int(state.size)
@@ -95,12 +104,14 @@ def verify_log(
                 raise LedgerTampered(
                     f"the head of size {head.tree_size} names another log ({head.origin!r})"
                 )
-        if trusted_head is not None:
-            trusted_head.verify(public_key)
-            if state.origin is not None and trusted_head.origin != state.origin:
+        for earlier in (*witnessed_heads, *([trusted_head] if trusted_head else [])):
+            earlier.verify(public_key)
+            if state.origin is not None and earlier.origin != state.origin:
                 raise TrustedHeadMismatch(
-                    f"the trusted head is of another log ({trusted_head.origin!r})"
+                    f"the trusted head is of another log ({earlier.origin!r})"
                 )
+        witnessed_roots: dict[int, bytes] = {}
+        witnessed_sizes = {h.tree_size for h in witnessed_heads}
 
         frontier = MerkleFrontier()
         want_heads = iter(heads)
@@ -140,6 +151,8 @@ def verify_log(
                 size = frontier.size
                 if trusted_head is not None and size == trusted_head.tree_size:
                     trusted_root = frontier.root()
+                if size in witnessed_sizes:
+                    witnessed_roots[size] = frontier.root()
                 while next_head is not None and next_head.tree_size == size:
                     _check_root(next_head, frontier.root(), previous_size)
                     previous_size = size
@@ -164,6 +177,11 @@ def verify_log(
 
     if trusted_head is not None:
         _check_trusted(trusted_head, trusted_root, leaf_hashes or [], size)
+    for witnessed in sorted(witnessed_heads, key=lambda h: h.tree_size):
+        _check_witnessed(witnessed, witnessed_roots.get(witnessed.tree_size, EMPTY_ROOT), size)
+    trusted_sizes = [
+        h.tree_size for h in (*witnessed_heads, *([trusted_head] if trusted_head else []))
+    ]
     return VerifyReport(
         entries=size,
         heads=len(heads),
@@ -171,7 +189,7 @@ def verify_log(
         erased_entries=erased,
         consent_events_checked=projection_checked,
         latest_head=heads[-1] if heads else None,
-        trusted_head_size=None if trusted_head is None else trusted_head.tree_size,
+        trusted_head_size=max(trusted_sizes) if trusted_sizes else None,
     )
 
 
@@ -306,6 +324,21 @@ def _check_root(head: SignedTreeHead, root: bytes, previous_size: int) -> None:
             f"the signed head of size {head.tree_size} does not match the entries: an entry "
             f"in {previous_size}..{head.tree_size - 1} was altered, inserted, removed or "
             "reordered together with its record"
+        )
+
+
+def _check_witnessed(witnessed: SignedTreeHead, root_at_size: bytes, size: int) -> None:
+    """A witnessed head is a prefix of the log: its root is the log's root at its size (the
+    leaves up to it are the ones the final root was computed from, so consistency holds)."""
+    if witnessed.tree_size > size:
+        raise TrustedHeadMismatch(
+            f"the log was truncated: it holds {size} entries, but the witness saw a head of "
+            f"size {witnessed.tree_size}"
+        )
+    if root_at_size != witnessed.root_hash:
+        raise TrustedHeadMismatch(
+            f"the log is not the one the witness saw at size {witnessed.tree_size}: its "
+            "history was rewritten (and re-signed)"
         )
 
 
