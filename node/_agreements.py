@@ -85,6 +85,23 @@ class AgreementStore:
             rows = connection.execute(select(_agreements).order_by(_agreements.c.received_at))
             return [_local(row) for row in rows]
 
+    def revoke(self, agreement_id: str, *, now: datetime) -> bool:
+        """Mark this node's copy revoked; True if this call revoked it (False: already was).
+
+        Revocation is final: the node refuses every later flow under the agreement,
+        whatever the broker says.
+        """
+        self.get(agreement_id)  # AgreementUnknown if there is no copy
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(_agreements)
+                .where(
+                    _agreements.c.agreement_id == agreement_id, _agreements.c.revoked_at.is_(None)
+                )
+                .values(revoked_at=now.astimezone(UTC))
+            )
+        return bool(result.rowcount)
+
     def rotate(self, agreement_id: str) -> int:
         """Rotate this node's blinding key early (new tokens from now on)."""
         with self.engine.begin() as connection:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 
 from consent import Ledger, NewEntry
 from consent.agreements import Agreement, OutputMode, SignedAgreement
@@ -35,7 +35,7 @@ from node.blinding import (
     shuffled_set,
     size_bucket,
 )
-from node.errors import FlowRefused
+from node.errors import FlowRefused, SegmentUnknown
 
 __all__ = ["FlowContext", "FlowEngine", "OwnSet"]
 
@@ -125,9 +125,27 @@ class FlowEngine:
         self._pending_matches: dict[str, list[list[bytes]]] = {}
         self._lock = threading.Lock()  # guards caches, usage counts and handle maps
 
+    def segment_members(self, segment_id: str) -> set[int] | None:
+        """Customer ids of a segment; None for the built-in segment of every customer."""
+        if segment_id == ALL_CUSTOMERS:
+            return None
+        try:
+            return self._segment_members(segment_id)
+        except SegmentUnknown as exc:
+            raise FlowRefused("SEGMENT_UNKNOWN", str(exc)) from exc
+
     # --- checks -------------------------------------------------------------------------
 
-    def _agreement(self, flow: FlowContext, now: datetime) -> tuple[Agreement, LocalAgreement]:
+    def check_flow(self, flow: FlowContext, now: datetime) -> tuple[Agreement, LocalAgreement]:
+        """This node's own checks of a flow under its copy of the agreement; a refusal is
+        written to the audit log with its reason before it is raised."""
+        try:
+            return self._check_flow(flow, now)
+        except FlowRefused as refusal:
+            self.audit(flow, "refused", reason=refusal.reason)
+            raise
+
+    def _check_flow(self, flow: FlowContext, now: datetime) -> tuple[Agreement, LocalAgreement]:
         try:
             local = self.agreements.get(flow.agreement_id)
             if not local.signed.recipient_signature:
@@ -152,7 +170,24 @@ class FlowEngine:
             raise FlowRefused(
                 "AGREEMENT_INACTIVE", "the flow's start time is too far from this node's clock"
             )
+        self._check_rate(agreement, flow, now)
         return agreement, local
+
+    def _check_rate(self, agreement: Agreement, flow: FlowContext, now: datetime) -> None:
+        """Each node counts the agreement's flows itself (UTC days), whatever the broker says."""
+        self.record_flow(flow, "running", now)
+        day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        with self.engine.connect() as connection:
+            today = connection.execute(
+                select(func.count())
+                .select_from(_flows)
+                .where(_flows.c.agreement_id == agreement.agreement_id, _flows.c.created_at >= day)
+            ).scalar_one()
+        if today > agreement.rate_limit_per_day:
+            raise FlowRefused(
+                "RATE_LIMITED",
+                f"the agreement allows {agreement.rate_limit_per_day} flows per day (UTC)",
+            )
 
     def _scope(self, agreement: Agreement, local: LocalAgreement, flow: FlowContext, now: datetime
                ) -> KeyScope:  # fmt: skip
@@ -176,7 +211,11 @@ class FlowEngine:
                 else agreement.purpose
             )
             partner, segment = agreement.owner.name, flow.recipient_segment_id or ALL_CUSTOMERS
-        members = None if segment == ALL_CUSTOMERS else self._segment_members(segment)
+        try:
+            members = self.segment_members(segment)
+        except FlowRefused as refusal:
+            self.audit(flow, "refused", reason=refusal.reason)
+            raise
         consented = self._ledger.valid_subjects(
             purpose=purpose,
             recipient=partner,
@@ -217,13 +256,13 @@ class FlowEngine:
         """This node's consented set for ``flow``: padded, shuffled, with handles; its
         tokens are blinded as the stream is read (the pool works while batches travel)."""
         now = self._now()
-        agreement, local = self._agreement(flow, now)
+        agreement, local = self.check_flow(flow, now)
         with tracer().start_as_current_span("node.blind_own_set") as span:
             span.set_attribute("accord.flow_id", flow.flow_id)
             span.set_attribute("accord.agreement_id", flow.agreement_id)
             customers, real = self.consented_customers(agreement, flow, now)
             if customers < agreement.min_audience_k:
-                self._audit(flow, "refused", reason="BELOW_MIN_AUDIENCE")
+                self.audit(flow, "refused", reason="BELOW_MIN_AUDIENCE")
                 raise FlowRefused(
                     "BELOW_MIN_AUDIENCE",
                     f"the consented set is below the agreement's minimum audience "
@@ -231,7 +270,7 @@ class FlowEngine:
                 )
             padded_size = size_bucket(len(real))
             if padded_size > agreement.max_set_size:
-                self._audit(flow, "refused", reason="SET_TOO_LARGE", tokens=padded_size)
+                self.audit(flow, "refused", reason="SET_TOO_LARGE", tokens=padded_size)
                 raise FlowRefused(
                     "SET_TOO_LARGE",
                     f"the padded set ({padded_size} tokens) exceeds the agreement's maximum "
@@ -250,8 +289,7 @@ class FlowEngine:
             with self._lock:
                 self._expire_handle_maps(now)
                 self._handle_maps[flow.flow_id] = _HandleMap(shuffled.owners, now)
-            self._record_flow(flow, "running", now)
-        self._audit(
+        self.audit(
             flow,
             "blinded",
             customers=customers,
@@ -371,7 +409,7 @@ class FlowEngine:
         batch. Otherwise the whole set is collected, shuffled and sent without handles.
         """
         now = self._now()
-        agreement, local = self._agreement(flow, now)
+        agreement, local = self.check_flow(flow, now)
         if size > agreement.max_set_size:
             raise FlowRefused(
                 "SET_TOO_LARGE",
@@ -399,7 +437,7 @@ class FlowEngine:
             everything = [token for tokens in blinded for token in tokens]
             for chunk in _chunks(shuffle_pairs(everything), STREAM_BATCH):
                 yield chunk, []
-        self._audit(
+        self.audit(
             flow, "reblinded", tokens=counted[0], newly_blinded=counted[1], epoch=scope.epoch
         )
 
@@ -417,7 +455,7 @@ class FlowEngine:
         """Take one part of a match result; on the final part, record which own customers
         matched and return how many (customers, not tokens). Nothing is kept before then."""
         now = self._now()
-        agreement, _ = self._agreement(flow, now)
+        agreement, _ = self.check_flow(flow, now)
         if flow.role != "recipient" or agreement.output_mode is not OutputMode.MATCH:
             raise FlowRefused("PEER_REJECTED", "match results go to a match agreement's recipient")
         with self._lock:
@@ -460,7 +498,7 @@ class FlowEngine:
                 ("flow_id", "customer_id"),
                 [(flow.flow_id, c) for c in sorted(customers)],
             )
-        self._audit(flow, "delivered", matched_customers=len(customers))
+        self.audit(flow, "delivered", matched_customers=len(customers))
         return len(customers)
 
     def forget(self, flow_id: str) -> None:
@@ -470,7 +508,7 @@ class FlowEngine:
 
     # --- bookkeeping ----------------------------------------------------------------------
 
-    def _record_flow(self, flow: FlowContext, state: str, now: datetime) -> None:
+    def record_flow(self, flow: FlowContext, state: str, now: datetime) -> None:
         with self.engine.begin() as connection:
             exists = connection.execute(
                 select(_flows.c.flow_id).where(_flows.c.flow_id == flow.flow_id)
@@ -493,7 +531,7 @@ class FlowEngine:
         ]:
             del self._handle_maps[flow_id]
 
-    def _audit(self, flow: FlowContext, step: str, **counts: Any) -> None:
+    def audit(self, flow: FlowContext, step: str, **counts: Any) -> None:
         """One audit-log entry per step: ids and counts, never tokens or identifiers."""
         record = {
             "schema": "accord.flow-step/1",

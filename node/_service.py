@@ -14,30 +14,50 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 from sqlalchemy import select
 
-from consent import Ledger
+from consent import Channel, Ledger
 from consent.agreements import Agreement, PartyKeys, SignedAgreement
 from consent.errors import ConsentError, InvalidAgreement
 from consent.serde import (
+    ack_to_proto,
+    agreement_revocation_from_proto,
+    agreement_revocation_to_proto,
     agreement_to_proto,
     keys_from_proto,
     mode_from_proto,
+    overlap_count_from_proto,
+    overlap_count_to_proto,
+    revocation_from_proto,
     signed_agreement_from_proto,
     signed_agreement_to_proto,
     state_to_proto,
     time_from_proto,
+    time_to_proto,
     tree_head_to_proto,
 )
+from consent.signed import AgreementRevocation
 from kernel.crypto import sha256
 from kernel.keys import KeyStore
 from kernel.rpc import abort, caller
 from kernel.wire.accord.broker.v1 import broker_pb2, broker_pb2_grpc
-from kernel.wire.accord.common.v1 import agreement_pb2, flow_pb2
+from kernel.wire.accord.common.v1 import agreement_pb2, common_pb2, flow_pb2
 from kernel.wire.accord.node.v1 import node_pb2, node_pb2_grpc
+from node._exchange import Exchange, ReleasedRecordData, SealedBatch
 from node._flows import FlowContext, FlowEngine
+from node._segments import SegmentStore
 from node._tables import FlowRow
-from node.errors import AgreementUnknown, BrokerUnavailable, FlowRefused, NodeError
+from node.blinding import size_bucket
+from node.errors import (
+    AgreementUnknown,
+    BrokerUnavailable,
+    FlowRefused,
+    InvalidSegment,
+    NodeError,
+    SegmentUnknown,
+)
+from node.segments import Segment, SegmentFilter
 
 OPERATOR: Final = "operator"
 FAILURE_HEADER: Final = "accord-failure-reason"
@@ -52,7 +72,18 @@ _REFUSAL_CODES = {
     "RATE_LIMITED": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "BUDGET_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "PEER_REJECTED": grpc.StatusCode.INVALID_ARGUMENT,
+    "SEGMENT_UNKNOWN": grpc.StatusCode.FAILED_PRECONDITION,
 }
+# A segment is published only when its consented part reaches this many customers (and
+# then only as a size bucket, never as an exact count).
+MIN_PUBLISHED_SEGMENT: Final = 50
+_CHANNEL_TO_WIRE: Final = {
+    Channel.EMAIL: common_pb2.CHANNEL_EMAIL,
+    Channel.PHONE: common_pb2.CHANNEL_PHONE,
+    Channel.POST: common_pb2.CHANNEL_POST,
+    Channel.SMS: common_pb2.CHANNEL_SMS,
+}
+_CHANNEL_FROM_WIRE: Final = {wire: channel.value for channel, wire in _CHANNEL_TO_WIRE.items()}
 _flows = FlowRow.__table__  # type: ignore[attr-defined]
 
 
@@ -128,6 +159,80 @@ def received(
         raise FlowRefused("PEER_REJECTED", "the partner's set arrived incomplete")
 
 
+def encode_release(records: list[ReleasedRecordData], delete_after: datetime) -> bytes:
+    """A release batch's plaintext: the ``ReleasePayload`` message (sealed afterwards)."""
+    payload = flow_pb2.ReleasePayload(delete_after=time_to_proto(delete_after))
+    for record in records:
+        message = payload.records.add(
+            release_id=record.release_id,
+            channels=[_CHANNEL_TO_WIRE[Channel(c)] for c in record.channels],
+        )
+        for name, values in sorted(record.fields.items()):
+            message.fields.add(name=name, values=values)
+    return payload.SerializeToString(deterministic=True)
+
+
+def decode_release(plaintext: bytes) -> tuple[list[ReleasedRecordData], datetime | None]:
+    """The records of an opened release batch; ``PEER_REJECTED`` if it is not one."""
+    try:
+        payload = flow_pb2.ReleasePayload.FromString(plaintext)
+    except DecodeError:
+        raise FlowRefused("PEER_REJECTED", "a release batch does not decode") from None
+    records = []
+    for message in payload.records:
+        fields: dict[str, list[str]] = {}
+        for field in message.fields:
+            if field.name in fields:
+                raise FlowRefused("PEER_REJECTED", "a released record names a field twice")
+            fields[field.name] = list(field.values)
+        try:
+            channels = tuple(_CHANNEL_FROM_WIRE[c] for c in message.channels)
+        except KeyError:
+            raise FlowRefused("PEER_REJECTED", "a released record names no known channel") from None
+        records.append(ReleasedRecordData(bytes(message.release_id), fields, channels))
+    delete_after = (
+        time_from_proto(payload.delete_after) if payload.HasField("delete_after") else None
+    )
+    return records, delete_after
+
+
+def segment_to_proto(segment: Segment) -> node_pb2.Segment:
+    f = segment.filter
+    return node_pb2.Segment(
+        segment_id=segment.segment_id,
+        title=segment.title,
+        description=segment.description,
+        version=segment.version,
+        filter=node_pb2.SegmentFilter(
+            countries=f.countries,
+            age_bands=f.age_bands,
+            regions=f.regions,
+            interests=f.interests,
+            loyalty_tiers=f.loyalty_tiers,
+            channels=[_CHANNEL_TO_WIRE[Channel(c)] for c in f.channels],
+            purchase_categories=f.purchase_categories,
+            purchased_since="" if f.purchased_since is None else f.purchased_since.isoformat(),
+            min_total_spend="" if f.min_total_spend is None else str(f.min_total_spend),
+        ),
+    )
+
+
+def segment_filter_from_proto(message: node_pb2.SegmentFilter) -> SegmentFilter:
+    return SegmentFilter.from_json(
+        {
+            "countries": list(message.countries),
+            "age_bands": list(message.age_bands),
+            "regions": list(message.regions),
+            "interests": list(message.interests),
+            "loyalty_tiers": list(message.loyalty_tiers),
+            "channels": [_CHANNEL_FROM_WIRE.get(c, "unknown") for c in message.channels],
+            "purchase_categories": list(message.purchase_categories),
+            "purchased_since": message.purchased_since or None,
+            "min_total_spend": message.min_total_spend or None,
+        }
+    )
+
+
 @dataclass
 class BrokerLink:
     """How this node reaches the broker, and how the broker names itself."""
@@ -141,12 +246,16 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self,
         flows: FlowEngine,
         *,
+        exchange: Exchange,
+        segments: SegmentStore,
         keys: KeyStore,
         ledger: Ledger,
         broker: BrokerLink,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._flows = flows
+        self._exchange = exchange
+        self._segments = segments
         self._keys = keys
         self._ledger = ledger
         self._broker = broker
@@ -196,6 +305,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self._from_broker(context)
         try:
             flow = flow_context(request.flow)
+            if request.HasField("overlap"):
+                self._exchange.receive_overlap(flow, overlap_count_from_proto(request.overlap))
+                return node_pb2.DeliverMatchResultResponse()
             if not request.HasField("match"):
                 raise FlowRefused("PEER_REJECTED", "this node expects a match result")
             match = request.match
@@ -326,6 +438,16 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             local = self._flows.agreements.get(request.agreement_id)
             if local.role != "recipient":
                 raise InvalidAgreement("only the agreement's recipient requests audiences")
+            requested = FlowContext(
+                flow_id=flow_id,
+                agreement_id=request.agreement_id,
+                role="recipient",
+                owner_segment_id=request.owner_segment_id,
+                recipient_segment_id=request.recipient_segment_id,
+                started_at=self._now(),
+            )
+            self._flows.audit(requested, "requested",
+                              mode=local.signed.agreement.output_mode.value)  # fmt: skip
             started = self._broker.stub.StartFlow(
                 broker_pb2.StartFlowRequest(
                     flow_id=flow_id,
@@ -353,6 +475,11 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                         break
             except grpc.RpcError as exc:
                 abort(context, grpc.StatusCode.UNAVAILABLE, f"lost the broker: {exc.details()}")
+            if flow.state == flow_pb2.FLOW_STATE_FAILED:
+                # The refusal may have been the partner's: this node's log records it too.
+                reason = flow_pb2.FlowFailureReason.Name(flow.failure_reason)
+                self._flows.audit(requested, "failed",
+                                  reason=reason.removeprefix("FLOW_FAILURE_REASON_"))  # fmt: skip
         response = node_pb2.RequestAudienceResponse(flow=flow)
         if flow.state == flow_pb2.FLOW_STATE_SUCCEEDED:
             summary = self._summary(flow_id)
@@ -363,52 +490,260 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def _summary(self, flow_id: str) -> node_pb2.AudienceSummary | None:
         with self._flows.engine.connect() as connection:
             row = connection.execute(select(_flows).where(_flows.c.flow_id == flow_id)).first()
-        if row is None or row.matched_customers is None:
+        if row is None:
             return None
         summary = node_pb2.AudienceSummary()
-        summary.match.matched_customers = row.matched_customers
+        delete_after = None
         if row.delete_after is not None:
             moment = row.delete_after
-            moment = moment.replace(tzinfo=UTC) if moment.utcoffset() is None else moment
-            summary.match.delete_after.FromDatetime(moment)
+            delete_after = moment.replace(tzinfo=UTC) if moment.utcoffset() is None else moment
+        if row.overlap_suppressed is not None:
+            summary.overlap.agreement_id = row.agreement_id
+            summary.overlap.flow_id = row.flow_id
+            summary.overlap.suppressed = bool(row.overlap_suppressed)
+            summary.overlap.noised_count = row.overlap_count or 0
+        elif row.records is not None:
+            summary.release.records = row.records
+            if delete_after is not None:
+                summary.release.delete_after.FromDatetime(delete_after)
+        elif row.matched_customers is not None:
+            summary.match.matched_customers = row.matched_customers
+            if delete_after is not None:
+                summary.match.delete_after.FromDatetime(delete_after)
+        else:
+            return None
         return summary
 
-    # --- not yet (issue 5: segments, overlap and release, revocation) ---------------------
+    def NoiseOverlapCount(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._from_broker(context)
+        try:
+            flow = flow_context(request.flow)
+            count = self._exchange.noise_overlap(flow, request.intersection_size)
+        except FlowRefused as exc:
+            refuse(context, exc)
+        return node_pb2.NoiseOverlapCountResponse(count=overlap_count_to_proto(count))
+
+    def ReleaseSegment(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        self._from_broker(context)
+        try:
+            flow = flow_context(request.flow)
+            for batch in self._exchange.release(flow):
+                yield node_pb2.ReleaseSegmentResponse(
+                    batch=flow_pb2.ReleaseBatch(
+                        agreement_id=flow.agreement_id,
+                        flow_id=flow.flow_id,
+                        batch_index=batch.batch_index,
+                        final=batch.final,
+                        enc=batch.enc,
+                        ciphertext=batch.ciphertext,
+                        owner_signature=batch.owner_signature,
+                    )
+                )
+        except FlowRefused as exc:
+            refuse(context, exc)
+
+    def DeliverReleaseBatch(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        self._from_broker(context)
+        try:
+            requests = iter(request_iterator)
+            try:
+                first = next(requests)
+            except StopIteration:
+                raise FlowRefused("PEER_REJECTED", "no release batch arrived") from None
+            flow = flow_context(first.flow)
+            counted = [0]
+
+            def batches() -> Iterator[SealedBatch]:
+                message = first
+                while True:
+                    batch = message.batch
+                    if (batch.agreement_id, batch.flow_id) != (flow.agreement_id, flow.flow_id):
+                        raise FlowRefused("PEER_REJECTED", "a release batch of another flow")
+                    counted[0] += 1
+                    yield SealedBatch(
+                        batch.batch_index,
+                        batch.final,
+                        bytes(batch.enc),
+                        bytes(batch.ciphertext),
+                        bytes(batch.owner_signature),
+                    )
+                    try:
+                        message = next(requests)
+                    except StopIteration:
+                        return
+
+            self._exchange.receive_release(flow, batches())
+        except FlowRefused as exc:
+            refuse(context, exc)
+        return node_pb2.DeliverReleaseBatchResponse(batches=counted[0])
+
+    def Revoke(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._from_broker(context)
+        try:
+            ack = self._exchange.revoke_received(revocation_from_proto(request.revocation))
+        except AgreementUnknown as exc:
+            abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        except FlowRefused as exc:
+            refuse(context, exc)
+        return node_pb2.RevokeResponse(ack=ack_to_proto(ack))
+
+    def AgreementRevoked(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._from_broker(context)
+        try:
+            self._exchange.agreement_revoked(agreement_revocation_from_proto(request.revocation))
+        except AgreementUnknown as exc:
+            abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        except FlowRefused as exc:
+            refuse(context, exc)
+        return node_pb2.AgreementRevokedResponse()
+
+    # --- operator calls: revocation -------------------------------------------------------
+
+    def RevokeAgreement(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Revoke locally first (this node stops at once, whatever the broker does), then
+        tell the broker, which tells the partner."""
+        self._from_operator(context)
+        try:
+            local = self._flows.agreements.get(request.agreement_id)
+            revocation = AgreementRevocation(
+                agreement_id=request.agreement_id,
+                node_name=self._keys.identity.name,
+                reason=request.reason or "revoked by the operator",
+                revoked_at=self._now(),
+            ).signed(self._keys.signing_key())
+            self._exchange.agreement_revoked(revocation)
+            try:
+                response = self._broker.stub.RevokeAgreement(
+                    broker_pb2.RevokeAgreementRequest(
+                        revocation=agreement_revocation_to_proto(revocation)
+                    ),
+                    timeout=30,
+                )
+            except grpc.RpcError as exc:
+                raise BrokerUnavailable(
+                    "the agreement is revoked on this node, but the broker did not take the "
+                    f"revocation ({exc.details()}); run the command again to retry"
+                ) from None
+        except (ConsentError, NodeError) as exc:
+            abort(context, _operator_code(exc), str(exc))
+        del local
+        return node_pb2.RevokeAgreementResponse(status=response.status)
+
+    # --- operator calls: segments ---------------------------------------------------------
+
+    def DefineSegment(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._from_operator(context)
+        message = request.segment
+        try:
+            segment, created = self._segments.define(
+                Segment(
+                    segment_id=message.segment_id,
+                    title=message.title,
+                    description=message.description,
+                    filter=segment_filter_from_proto(message.filter),
+                )
+            )
+        except InvalidSegment as exc:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return node_pb2.DefineSegmentResponse(segment=segment_to_proto(segment), created=created)
+
+    def ListSegments(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._from_operator(context)
+        return node_pb2.ListSegmentsResponse(
+            segments=[segment_to_proto(s) for s in self._segments.list()]
+        )
+
+    def PreviewSegment(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._from_operator(context)
+        try:
+            target: str | SegmentFilter = (
+                segment_filter_from_proto(request.filter)
+                if request.HasField("filter")
+                else request.segment_id
+            )
+            asked = bool(request.purpose and request.recipient_node)
+            preview = self._segments.preview(
+                target,
+                ledger=self._ledger,
+                purpose=request.purpose if asked else None,
+                recipient=request.recipient_node if asked else None,
+                now=self._now(),
+            )
+        except SegmentUnknown as exc:
+            abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        except (InvalidSegment, ValueError) as exc:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return node_pb2.PreviewSegmentResponse(
+            customers=preview.customers,
+            consented_customers=preview.consented_customers or 0,
+            size_bucket=preview.size_bucket,
+        )
+
+    def PublishSegment(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Publish name, description and a size bucket — the bucket of the segment's
+        customers consenting to any partner for an offered purpose — never a count."""
+        self._from_operator(context)
+        try:
+            segment = self._segments.get(request.segment_id)
+            purposes = list(request.purposes)
+            if not purposes:
+                raise InvalidSegment("name at least one purpose the segment is offered for")
+            consented = max(
+                self._segments.preview(
+                    segment.segment_id, ledger=self._ledger, purpose=purpose, recipient="*",
+                    now=self._now(),
+                ).consented_customers or 0
+                for purpose in purposes
+            )  # fmt: skip
+            if consented < MIN_PUBLISHED_SEGMENT:
+                raise InvalidSegment(
+                    f"too few customers of {segment.segment_id!r} consent to partners for "
+                    f"these purposes to publish it (the minimum is {MIN_PUBLISHED_SEGMENT})"
+                )
+            bucket = size_bucket(consented)
+            try:
+                self._broker.stub.PublishSegment(
+                    broker_pb2.PublishSegmentRequest(
+                        entry=broker_pb2.CatalogEntry(
+                            owner_node=self._keys.identity.name,
+                            segment_id=segment.segment_id,
+                            segment_version=segment.version,
+                            title=segment.title,
+                            description=segment.description,
+                            purposes=purposes,
+                            output_modes=list(request.output_modes),
+                            releasable_fields=list(request.releasable_fields),
+                            size_bucket=bucket,
+                        )
+                    ),
+                    timeout=30,
+                )
+            except grpc.RpcError as exc:
+                raise BrokerUnavailable(
+                    f"the broker did not take the segment: {exc.details()}"
+                ) from None
+        except SegmentUnknown as exc:
+            abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        except (ConsentError, InvalidSegment) as exc:
+            abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except NodeError as exc:
+            abort(context, _operator_code(exc), str(exc))
+        return node_pb2.PublishSegmentResponse(size_bucket=bucket,
+                                               segment_version=segment.version)  # fmt: skip
+
+    # --- not offered over gRPC yet ----------------------------------------------------------
 
     def _later(self, context: grpc.ServicerContext) -> NoReturn:
-        abort(context, grpc.StatusCode.UNIMPLEMENTED, "not available in this node version")
+        abort(
+            context,
+            grpc.StatusCode.UNIMPLEMENTED,
+            "import runs locally with `accord node import` in this node version",
+        )
 
     def ImportCustomers(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
         self._later(context)
 
     def GetStoreSummary(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._later(context)
-
-    def DefineSegment(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._later(context)
-
-    def ListSegments(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._later(context)
-
-    def PreviewSegment(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._later(context)
-
-    def PublishSegment(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._later(context)
-
-    def RevokeAgreement(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._later(context)
-
-    def NoiseOverlapCount(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._later(context)
-
-    def ReleaseSegment(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._later(context)
-
-    def DeliverReleaseBatch(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
-        self._later(context)
-
-    def Revoke(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._later(context)
 
 

@@ -15,10 +15,12 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     Numeric,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlmodel import Field, SQLModel
@@ -130,8 +132,77 @@ class FlowRow(SQLModel, table=True):
     role: str = Field(sa_column=Column(String(16), nullable=False))
     state: str = Field(sa_column=Column(String(16), nullable=False))
     matched_customers: int | None = Field(default=None, sa_column=Column(Integer))
+    # overlap: the owner-signed count as received (recipient) or released (owner)
+    overlap_count: int | None = Field(default=None, sa_column=Column(Integer))
+    overlap_suppressed: bool | None = Field(default=None, sa_column=Column(Boolean))
+    # release: records received (recipient) or released (owner)
+    records: int | None = Field(default=None, sa_column=Column(Integer))
     delete_after: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class BudgetRow(SQLModel, table=True):
+    """Epsilon an overlap agreement has spent (owner side); never reset."""
+
+    __tablename__ = "node_budgets"
+
+    agreement_id: str = Field(sa_column=Column(String(36), primary_key=True))
+    spent: str = Field(sa_column=Column(String(40), nullable=False))  # a decimal string
+
+
+class ReleaseRow(SQLModel, table=True):
+    """Owner side: which customer a released record was, so a withdrawal can revoke it."""
+
+    __tablename__ = "node_releases"
+    __table_args__ = (Index("ix_node_releases_customer", "customer_id"),)
+
+    release_id: bytes = Field(sa_column=Column(LargeBinary(16), primary_key=True))
+    agreement_id: str = Field(sa_column=Column(String(36), nullable=False))
+    flow_id: str = Field(sa_column=Column(String(36), nullable=False))
+    # No foreign key: erasure deletes the customer, and the release must stay revocable.
+    customer_id: int = Field(sa_column=Column(Integer, nullable=False))
+    released_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
+class ReceivedRow(SQLModel, table=True):
+    """Recipient side: a released record as received (deleted at delete_after or revocation)."""
+
+    __tablename__ = "node_received"
+    __table_args__ = (Index("ix_node_received_agreement", "agreement_id"),)
+
+    release_id: bytes = Field(sa_column=Column(LargeBinary(16), primary_key=True))
+    agreement_id: str = Field(sa_column=Column(String(36), nullable=False))
+    flow_id: str = Field(sa_column=Column(String(36), nullable=False))
+    fields: str = Field(sa_column=Column(Text, nullable=False))  # JSON: name -> values
+    channels: str = Field(sa_column=Column(String(64), nullable=False))
+    received_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    delete_after: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
+    )
+
+
+class RevocationRow(SQLModel, table=True):
+    """Owner side: a signed revocation on its way to a recipient, until acknowledged."""
+
+    __tablename__ = "node_revocations"
+
+    revocation_id: str = Field(sa_column=Column(String(36), primary_key=True))
+    agreement_id: str = Field(sa_column=Column(String(36), nullable=False))
+    recipient: str = Field(sa_column=Column(String(64), nullable=False))
+    reason: str = Field(sa_column=Column(String(32), nullable=False))
+    release_ids: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # 16 bytes each
+    all_releases: bool = Field(sa_column=Column(Boolean, nullable=False))
+    issued_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    signature: bytes = Field(sa_column=Column(LargeBinary(64), nullable=False))
+    state: str = Field(sa_column=Column(String(16), nullable=False))  # pending | acknowledged
+    deleted_records: int | None = Field(default=None, sa_column=Column(Integer))
+    acknowledged_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True))
+    )
+    ack_signature: bytes | None = Field(default=None, sa_column=Column(LargeBinary(64)))
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
@@ -148,6 +219,22 @@ class MatchRow(SQLModel, table=True):
     )
 
 
+class SegmentRow(SQLModel, table=True):
+    """A segment this node defined over its own customers (node/segments.py)."""
+
+    __tablename__ = "node_segments"
+
+    segment_id: str = Field(sa_column=Column(String(64), primary_key=True))
+    title: str = Field(sa_column=Column(String(200), nullable=False))
+    description: str = Field(sa_column=Column(Text, nullable=False))
+    # SegmentFilter.canonical(): comparing the text tells whether the filter changed.
+    filter: str = Field(sa_column=Column(Text, nullable=False))
+    # Starts at 1 and goes up only when the filter changes (a new title does not).
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
 NODE_TABLES = (
     CustomerRow.__table__,  # type: ignore[attr-defined]
     IdentifierRow.__table__,  # type: ignore[attr-defined]
@@ -157,4 +244,9 @@ NODE_TABLES = (
     BlindUsageRow.__table__,  # type: ignore[attr-defined]
     FlowRow.__table__,  # type: ignore[attr-defined]
     MatchRow.__table__,  # type: ignore[attr-defined]
+    BudgetRow.__table__,  # type: ignore[attr-defined]
+    ReleaseRow.__table__,  # type: ignore[attr-defined]
+    ReceivedRow.__table__,  # type: ignore[attr-defined]
+    RevocationRow.__table__,  # type: ignore[attr-defined]
+    SegmentRow.__table__,  # type: ignore[attr-defined]
 )

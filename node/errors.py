@@ -11,6 +11,9 @@ NodeError
 │   └── AmbiguousSubject     an e-mail or phone belongs to several customers
 ├── AgreementUnknown         the node holds no (or a conflicting) copy of an agreement
 ├── FlowRefused              the node will not take part in a flow (reason attached)
+├── InvalidSegment           a segment definition breaks a rule (the message says which)
+├── BudgetExhausted          a count would spend more than the agreement's privacy budget
+├── SegmentUnknown           the node has no segment by that id
 └── BrokerUnavailable        the broker cannot be reached or refused the request
 """
 
@@ -65,3 +68,15 @@ class FlowRefused(NodeError):
 
 class BrokerUnavailable(NodeError):
     """The broker cannot be reached, or refused the request (its message says why)."""
+
+
+class InvalidSegment(NodeError):
+    """A segment definition breaks a rule; the message says which."""
+
+
+class SegmentUnknown(NodeError):
+    """The node has no segment by that id (the message names it)."""
+
+
+class BudgetExhausted(NodeError):
+    """A count would exceed the agreement's lifetime privacy budget (``BUDGET_EXHAUSTED``)."""
