@@ -1,8 +1,10 @@
-"""The broker: registry, agreements, matching, flow orchestration, witness of tree heads.
+"""The broker: registry, catalog, agreements, matching, flow orchestration, revocation
+relay, witness of tree heads, and its own audit log.
 
-Public surface; everything else is machinery (docs/matching.md).
+Public surface; everything else is machinery (docs/matching.md, docs/broker.md).
 """
 
+from broker._keys import open_broker_keys
 from broker._server import BrokerServer, create_broker_server
 from broker._store import BrokerStore, migrate_broker, open_broker_store
 
@@ -11,5 +13,6 @@ __all__ = [
     "BrokerStore",
     "create_broker_server",
     "migrate_broker",
+    "open_broker_keys",
     "open_broker_store",
 ]

@@ -7,12 +7,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-__all__ = ["intersect_handles", "intersection_size"]
+__all__ = ["intersect_handles", "intersection_size", "overlap_size"]
 
 
 def intersection_size(owner_tokens: Iterable[bytes], recipient_tokens: Iterable[bytes]) -> int:
     """How many distinct tokens the two sets share."""
     return len(set(owner_tokens) & set(recipient_tokens))
+
+
+def overlap_size(
+    owner_tokens: set[bytes] | frozenset[bytes], recipient_tokens: Iterable[bytes]
+) -> int:
+    """How many of the recipient's doubly-blinded tokens are in the owner's set (overlap
+    mode). Padding dummies are random points under two keys, so they never collide."""
+    return sum(1 for token in recipient_tokens if token in owner_tokens)
 
 
 def intersect_handles(

@@ -15,7 +15,13 @@ from sqlalchemy.engine import URL
 from broker import BrokerStore, open_broker_store
 from broker._store import FlowRecord
 from broker._tables import BROKER_TABLES
-from broker.errors import FlowConflict, UnknownAgreement, UnknownFlow, UnknownNode
+from broker.errors import (
+    AgreementConflict,
+    FlowConflict,
+    UnknownAgreement,
+    UnknownFlow,
+    UnknownNode,
+)
 from consent.agreements import Agreement, OutputMode, PartyKeys, SignedAgreement
 from kernel.crypto import SigningKey
 from kernel.db import metadata
@@ -72,13 +78,22 @@ def test_registry_agreements_and_flows(engine: Engine) -> None:
         valid_until=NOW + timedelta(days=30), rate_limit_per_day=3,
     )  # fmt: skip
     proposed = SignedAgreement.propose(terms, owner_key)
-    record = store.save_agreement(proposed, owner="solent-boats", recipient="bluewater-travel",
-                                  now=NOW, active=False)  # fmt: skip
-    assert record.activated_at is None
+    saved = store.save_agreement(proposed, owner="solent-boats", recipient="bluewater-travel",
+                                 now=NOW, active=False)  # fmt: skip
+    assert saved.created and not saved.activated and saved.record.activated_at is None
     signed = proposed.countersign(recipient_key, digest=terms.digest)
-    record = store.save_agreement(signed, owner="solent-boats", recipient="bluewater-travel",
-                                  now=NOW, active=True)  # fmt: skip
+    saved = store.save_agreement(signed, owner="solent-boats", recipient="bluewater-travel",
+                                 now=NOW, active=True)  # fmt: skip
+    assert not saved.created and saved.activated
+    record = saved.record
     assert record.activated_at == NOW and record.signed.verify() == terms
+    again = store.save_agreement(signed, owner="solent-boats", recipient="bluewater-travel",
+                                 now=NOW, active=True)  # fmt: skip
+    assert not again.created and not again.activated  # idempotent
+    other = SignedAgreement.propose(dataclasses.replace(terms, rate_limit_per_day=4), owner_key)
+    with pytest.raises(AgreementConflict):
+        store.save_agreement(other, owner="solent-boats", recipient="bluewater-travel", now=NOW,
+                             active=False)  # fmt: skip
     assert [a.signed.agreement.agreement_id for a in store.agreements_of("solent-boats")] == [
         terms.agreement_id
     ]
