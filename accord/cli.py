@@ -18,6 +18,8 @@ from accord.cli_bench import bench_app
 from accord.cli_consent import consent_app
 from accord.cli_exchange import agreement_app, audience_app
 from accord.cli_node import node_app
+from accord.cli_revocation import revocation_app
+from accord.cli_segment import segment_app
 from accord.cli_serve import broker_app, node_serve
 
 app = typer.Typer(
@@ -30,7 +32,9 @@ app.add_typer(node_app, name="node")
 app.add_typer(broker_app, name="broker")
 app.add_typer(agreement_app, name="agreement")
 app.add_typer(audience_app, name="audience")
+app.add_typer(segment_app, name="segment")
 app.add_typer(consent_app, name="consent")
+app.add_typer(revocation_app, name="revocation")
 app.add_typer(audit_app, name="audit")
 app.add_typer(bench_app, name="bench")
 

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import grpc
 import typer
+from sqlalchemy import Engine
 
 from accord._options import (
     DEFAULT_DB,
@@ -26,9 +28,18 @@ from accord._options import (
     region_for,
 )
 from accord.cli_consent import SubjectArgument, resolve_subject
+from broker import open_broker_store
+from broker.errors import BrokerError
 from consent import SignedTreeHead, check_subject_proof, verify_log
 from consent.errors import ConsentError, LedgerTampered, ProofBundleInvalid, SubjectNotFound
+from consent.serde import witnessed_head_from_proto
+from kernel.crypto import key_id
+from kernel.db import database_url
+from kernel.errors import KernelError
 from kernel.keys import PartyIdentity
+from kernel.rpc import connect
+from kernel.wire.accord.broker.v1 import broker_pb2, broker_pb2_grpc
+from kernel.wire.accord.common.v1 import common_pb2
 
 audit_app = typer.Typer(help="Verify the audit log; export heads and proofs.", no_args_is_help=True)
 
@@ -41,14 +52,82 @@ IdentityOption = Annotated[
 ]
 
 
-def _public_key(keys: Path, identity: Path | None) -> bytes:
+def _party(keys: Path, identity: Path | None) -> PartyIdentity:
     if identity is not None:
         try:
             data = json.loads(identity.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             fail(f"cannot read the identity file {identity}", code=2)
-        return PartyIdentity.from_json(data).signing_public_key
-    return keystore_for(keys).identity.signing_public_key
+        return PartyIdentity.from_json(data)
+    return keystore_for(keys).identity
+
+
+def _public_key(keys: Path, identity: Path | None) -> bytes:
+    return _party(keys, identity).signing_public_key
+
+
+def _log_engine(db: str, party: PartyIdentity) -> Engine:
+    """The database holding the party's log: a broker's is opened as a broker's, so
+    verifying it never adds a node's tables to it."""
+    if party.role != "broker":
+        return engine_for(db)
+    try:
+        return open_broker_store(database_url(db))
+    except (KernelError, BrokerError) as exc:
+        fail(str(exc), code=2)
+
+
+class WitnessRejected(Exception):
+    """The broker's witnessed heads cannot be trusted (bad cosignature, wrong key)."""
+
+
+def _witnessed_heads(
+    broker: str, party: PartyIdentity, pinned_witness: PartyIdentity | None
+) -> list[SignedTreeHead]:
+    """Every head of ``party``'s log the broker cosigned, each cosignature checked against
+    the broker's key (``pinned_witness`` if given, else the key the broker states)."""
+    channel = connect(broker, identity=party.name, insecure_loopback=True)
+    stub = broker_pb2_grpc.BrokerServiceStub(channel)
+    try:
+        stated = stub.GetBrokerInfo(broker_pb2.GetBrokerInfoRequest(), timeout=30).keys
+        witness_key = bytes(stated.signing_public_key)
+        if pinned_witness is not None and witness_key != pinned_witness.signing_public_key:
+            raise WitnessRejected(
+                f"the broker at {broker} signs with key {key_id(witness_key)[:16]}…, not the "
+                f"pinned witness key {key_id(pinned_witness.signing_public_key)[:16]}…"
+            )
+        heads: list[SignedTreeHead] = []
+        token = ""
+        while True:
+            page = stub.ListWitnessedHeads(
+                broker_pb2.ListWitnessedHeadsRequest(
+                    origin=party.origin,
+                    page=common_pb2.PageRequest(page_size=500, page_token=token),
+                ),
+                timeout=60,
+            )
+            for message in page.heads:
+                head, cosignature = witnessed_head_from_proto(message)
+                if head.origin != party.origin or not cosignature.covers(head):
+                    raise WitnessRejected(
+                        f"the broker returned a head of size {head.tree_size} that its "
+                        "cosignature does not cover"
+                    )
+                try:
+                    cosignature.verify(witness_key)
+                except ConsentError as exc:
+                    raise WitnessRejected(
+                        f"the broker's cosignature on the head of size {head.tree_size} does "
+                        f"not verify: {exc}"
+                    ) from None
+                heads.append(head)
+            token = page.page.next_page_token
+            if not token:
+                return heads
+    except grpc.RpcError as exc:
+        fail(f"the broker at {broker} did not answer: {exc.details()}", code=2)
+    finally:
+        channel.close()
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -72,19 +151,57 @@ def verify(
             help="A signed head published earlier (accord audit head): the log must extend it.",
         ),
     ] = None,
+    witnessed: Annotated[
+        bool,
+        typer.Option(
+            "--witnessed",
+            help="Also check the log against every head of it the broker cosigned (--broker).",
+        ),
+    ] = False,
+    broker: Annotated[
+        str | None, typer.Option("--broker", help="The broker (host:port) that witnessed heads.")
+    ] = None,
+    witness_identity: Annotated[
+        Path | None,
+        typer.Option(
+            "--witness-identity",
+            help="The broker's published identity.json: pin its key instead of asking it.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Recompute every head, check every signature and record; exit 1 naming the first fault."""
-    public_key = _public_key(keys, identity)
+    """Recompute every head, check every signature and record; exit 1 naming the first fault.
+
+    Works on a node's log and on a broker's (``--db`` the broker's database, ``--keys`` its
+    key directory or ``--identity`` its identity.json). With ``--witnessed --broker ADDR``
+    the log must also extend every head the broker cosigned: a log rewritten or truncated
+    since the broker saw it fails, even when its own heads were re-signed."""
+    party = _party(keys, identity)
+    public_key = party.signing_public_key
     trusted = None
     if trusted_head is not None:
         try:
             trusted = SignedTreeHead.from_json(_read_json(trusted_head, "signed tree head"))
         except ProofBundleInvalid as exc:
             fail(f"{trusted_head}: {exc}", code=2)
-    engine = engine_for(db)
+    seen: list[SignedTreeHead] = []
+    if witnessed:
+        if broker is None:
+            fail("--witnessed needs --broker HOST:PORT, the broker that witnessed the heads", 2)
+        pinned = None if witness_identity is None else _party(Path(), witness_identity)
+        try:
+            seen = _witnessed_heads(broker, party, pinned)
+        except WitnessRejected as exc:
+            if as_json:
+                print_json({"verified": False, "problem": str(exc)})
+            else:
+                out.print(f"[bold red]witnessed heads do NOT check:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+    engine = _log_engine(db, party)
     try:
-        report = verify_log(engine, public_key=public_key, trusted_head=trusted)
+        report = verify_log(
+            engine, public_key=public_key, trusted_head=trusted, witnessed_heads=seen
+        )
     except LedgerTampered as exc:
         if as_json:
             print_json({"verified": False, "problem": str(exc)})
@@ -101,6 +218,8 @@ def verify(
         "consent_events_checked": report.consent_events_checked,
         "erased_entries": report.erased_entries,
         "trusted_head_size": report.trusted_head_size,
+        "witnessed_heads": len(seen),
+        "latest_witnessed_size": max((h.tree_size for h in seen), default=None),
         "tree_head": None if report.latest_head is None else report.latest_head.to_json(),
     }
     if as_json:
@@ -114,7 +233,8 @@ def verify(
             f"; consistent with the trusted head of size {report.trusted_head_size}"
             if report.trusted_head_size is not None
             else ""
-        ),
+        )
+        + (f"; extends all {len(seen)} heads the broker witnessed" if witnessed else ""),
         highlight=False,
     )
 

@@ -43,7 +43,7 @@ from consent import (
 from consent._import import import_consents
 from consent.errors import ConsentError, ProofBundleInvalid, SubjectNotFound
 from kernel.crypto import sha256
-from node import customer_exists, delete_customer, find_customer
+from node import RevocationOutbox, customer_exists, delete_customer, find_customer
 from node.errors import CustomerNotFound, NodeError
 
 consent_app = typer.Typer(
@@ -107,6 +107,25 @@ def _report(recorded: ConsentEvent, external_id: str, as_json: bool) -> None:
         f"(event {recorded.event_id}, audit-log entry {recorded.leaf_index})",
         highlight=False,
     )
+
+
+def _outbox(context: NodeContext) -> RevocationOutbox:
+    return RevocationOutbox(
+        context.engine,
+        node_name=context.keys.identity.name,
+        ledger=context.ledger,
+        signing_key=context.keys.signing_key(),
+    )
+
+
+def _report_revocations(issued: list[str], as_json: bool) -> None:
+    if issued and not as_json:
+        out.print(
+            f"{len(issued)} revocation(s) issued to partners holding this customer's released "
+            "records; the running node relays them through the broker "
+            "(`accord revocation list` shows their acknowledgements)",
+            highlight=False,
+        )
 
 
 def _event_json(event: ConsentEvent) -> dict[str, Any]:
@@ -312,7 +331,17 @@ def _ending(
             collection_method=method,
             actor=actor or _actor(),
         )
-        _report(_record(context, external_id, event), external_id, as_json)
+        recorded = _record(context, external_id, event)
+        issued = []
+        if event_type is EventType.WITHDRAWN:
+            # Partners that received this customer's record must delete it now.
+            issued = _outbox(context).revoke_unconsented(external_id, reason="consent_withdrawn")
+        if as_json:
+            print_json({"external_id": external_id, **_event_json(recorded),
+                        "revocations_issued": issued})  # fmt: skip
+        else:
+            _report(recorded, external_id, as_json)
+            _report_revocations(issued, as_json)
     finally:
         context.close()
 
@@ -488,11 +517,14 @@ def import_file(
             resolve_subject=resolve,
             rejects_path=rejects or file.with_name(file.name + ".rejects.csv"),
         )
+        # Withdrawals in the file revoke what partners received, as single ones do.
+        issued = _outbox(context).revoke_unconsented_all() if summary.recorded else []
     finally:
         context.close()
     if as_json:
-        print_json(summary.as_dict())
+        print_json({**summary.as_dict(), "revocations_issued": len(issued)})
         return
+    _report_revocations(issued, as_json)
     table = Table(title="consent import", show_header=False)
     for key in ("rows", "recorded", "unchanged", "rejected"):
         table.add_row(key, str(getattr(summary, key)))
@@ -515,6 +547,8 @@ def erase(
     context = node_context(db, keys, signing=True)
     try:
         external_id = resolve_subject(context, subject, region_for(region), allow_new=False)
+        # Before the customer row goes: partners holding released records must delete them.
+        issued = _outbox(context).revoke_unconsented(external_id, reason="subject_erased")
         erased_entries = 0
         head_size = None
         try:
@@ -529,6 +563,7 @@ def erase(
         "customer_deleted": customer_deleted,
         "consent_records_erased": erased_entries,
         "tree_size": head_size,
+        "revocations_issued": len(issued),
     }
     if as_json:
         print_json(summary)
@@ -539,6 +574,7 @@ def erase(
         "commitments, so every proof stays valid",
         highlight=False,
     )
+    _report_revocations(issued, as_json)
 
 
 @consent_app.command("purposes")

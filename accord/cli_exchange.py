@@ -188,11 +188,68 @@ def show(
     fail("this node holds no such agreement")
 
 
+@agreement_app.command("revoke")
+def revoke(
+    agreement_id: Annotated[str, typer.Argument(help="The agreement's id.")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="For the audit logs; never customer data.")
+    ] = "revoked by the operator",
+    node: NodeOption = DEFAULT_NODE,
+    as_json: JsonOption = False,
+) -> None:
+    """End an agreement (either party): no flow runs under it again, and the recipient
+    deletes what it received under it."""
+    response = _call(
+        _stub(node).RevokeAgreement,
+        node_pb2.RevokeAgreementRequest(agreement_id=agreement_id, reason=reason),
+    )
+    if as_json:
+        print_json(_status_json(response.status))
+    else:
+        _print_status(response.status)
+
+
+def _find_agreement(
+    stub: node_pb2_grpc.NodeServiceStub, partner: str, segment: str, purpose: str,
+    mode: OutputMode | None,
+) -> str:  # fmt: skip
+    """The one active agreement under which ``partner`` owns ``segment`` for ``purpose``."""
+    response = _call(stub.ListAgreements, node_pb2.ListAgreementsRequest())
+    found: list[str] = []
+    for status in response.agreements:
+        data = _status_json(status)
+        terms = data["terms"]
+        if (
+            data["state"] == "active"
+            and terms["owner"] == partner
+            and (not segment or segment in terms["segment_ids"])
+            and (not purpose or terms["purpose"] == purpose)
+            and (mode is None or terms["output_mode"] == mode.value)
+        ):
+            found.append(str(data["agreement_id"]))
+    if not found:
+        fail(
+            f"this node holds no active agreement under which {partner} offers "
+            f"{segment or 'a segment'} for {purpose or 'a purpose'}"
+            f"{'' if mode is None else f' in {mode.value} mode'}: propose or sign one first"
+        )
+    if len(found) > 1:
+        fail(f"several agreements fit ({', '.join(found)}): name one with --agreement")
+    return found[0]
+
+
 @audience_app.command("request")
 def request(
-    agreement: Annotated[str, typer.Option("--agreement", help="The agreement's id.")],
-    segment: Annotated[
-        str, typer.Option("--segment", help="The owner's segment (if it covers several).")
+    partner: Annotated[
+        str, typer.Option("--partner", help="The partner that owns the segment.")
+    ] = "",
+    segment: Annotated[str, typer.Option("--segment", help="The partner's segment.")] = "",
+    purpose: Annotated[str, typer.Option("--purpose", help="The agreement's purpose.")] = "",
+    mode: Annotated[
+        OutputMode | None, typer.Option("--mode", help="overlap, match or release.")
+    ] = None,
+    agreement: Annotated[
+        str, typer.Option("--agreement", help="The agreement's id (instead of finding it).")
     ] = "",
     own_segment: Annotated[
         str, typer.Option("--own-segment", help="Restrict this node's own set to a segment.")
@@ -201,9 +258,18 @@ def request(
     node: NodeOption = DEFAULT_NODE,
     as_json: JsonOption = False,
 ) -> None:
-    """Ask the partner for an audience under an agreement (this node is the recipient)."""
+    """Ask a partner for an audience under an agreement (this node is the recipient).
+
+    Name the agreement with --agreement, or let the node find the one active agreement
+    that fits --partner, --segment, --purpose and --mode.
+    """
+    stub = _stub(node)
+    if not agreement:
+        if not partner:
+            fail("name the partner (--partner) or the agreement (--agreement)", code=2)
+        agreement = _find_agreement(stub, partner, segment, purpose, mode)
     response = _call(
-        _stub(node).RequestAudience,
+        stub.RequestAudience,
         node_pb2.RequestAudienceRequest(
             agreement_id=agreement,
             owner_segment_id=segment,
@@ -223,20 +289,39 @@ def request(
         "recipient_set_size": flow.recipient_set_size,
     }
     if response.HasField("summary"):
-        result["summary"] = MessageToDict(response.summary, preserving_proto_field_name=True)
+        result["summary"] = MessageToDict(
+            response.summary,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
     if as_json:
         print_json(result)
     elif result["state"] == "succeeded" and "summary" in result:
-        matched = response.summary.match.matched_customers
-        out.print(
-            f"flow {flow.flow_id} succeeded: {matched} of this node's customers are in the "
-            f"partner's segment (padded sets: {flow.owner_set_size} and "
-            f"{flow.recipient_set_size} tokens)",
-            highlight=False,
-        )
+        out.print(f"flow {flow.flow_id} succeeded: {_describe(response.summary, flow)}",
+                  highlight=False)  # fmt: skip
     else:
         out.print(f"flow {flow.flow_id}: {result['state']}", highlight=False)
         if result["failure_reason"]:
             out.print(f"  {result['failure_reason']}: {result['failure_detail']}", highlight=False)
     if result["state"] == "failed":
         raise typer.Exit(1)
+
+
+def _describe(summary: node_pb2.AudienceSummary, flow: flow_pb2.Flow) -> str:
+    kind = summary.WhichOneof("result")
+    if kind == "overlap":
+        if summary.overlap.suppressed:
+            return "the overlap is below the agreement's minimum audience (suppressed)"
+        return (
+            f"about {summary.overlap.noised_count} shared consented customers "
+            "(noised by the partner; exact counts are never released)"
+        )
+    if kind == "release":
+        return (
+            f"{summary.release.records} records received, to be deleted at "
+            f"{summary.release.delete_after.ToDatetime().date()}"
+        )
+    return (
+        f"{summary.match.matched_customers} of this node's customers are in the partner's "
+        f"segment (padded sets: {flow.owner_set_size} and {flow.recipient_set_size} tokens)"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +28,7 @@ from accord._options import (
 )
 from kernel.errors import KernelError
 from kernel.keys import KeyStore
-from node import DEFAULT_BATCH_SIZE, ImportSummary, SourceFormat, run_import
+from node import DEFAULT_BATCH_SIZE, ImportSummary, SourceFormat, purge_expired, run_import
 from node.errors import NodeError
 
 node_app = typer.Typer(help="Operate a partner node over its customer store.", no_args_is_help=True)
@@ -155,3 +156,25 @@ def _print_summary(summary: ImportSummary) -> None:
         out.print(f"rejected rows and reasons: {summary.rejects_path}", highlight=False)
     if summary.ignored_columns:
         out.print(f"ignored columns: {', '.join(summary.ignored_columns)}", highlight=False)
+
+
+@node_app.command("purge")
+def purge(
+    db: DbOption = DEFAULT_DB,
+    keys: KeysOption = DEFAULT_KEYS,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete received records and match results whose retention has ended (a running
+    node does this on its own every few seconds); the deletion is logged."""
+    context = node_context(db, keys, signing=True)
+    try:
+        records, matches = purge_expired(context.engine, context.ledger, now=datetime.now(UTC))
+    finally:
+        context.close()
+    if as_json:
+        print_json({"records_deleted": records, "match_results_deleted": matches})
+        return
+    out.print(
+        f"deleted {records} received records and {matches} match results past retention",
+        highlight=False,
+    )

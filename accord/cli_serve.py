@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from accord._options import DEFAULT_DB, DEFAULT_KEYS, DbOption, KeysOption, fail, keystore_for
-from broker import create_broker_server, open_broker_store
+from broker import create_broker_server, open_broker_keys, open_broker_store
 from broker.errors import BrokerError
 from kernel.db import database_url
 from kernel.errors import KernelError
@@ -46,19 +47,37 @@ def broker_serve(
     name: Annotated[str, typer.Option("--name", help="The broker's name in the exchange.")] = (
         "broker"
     ),
+    keys: Annotated[
+        Path,
+        typer.Option(
+            "--keys",
+            envvar="ACCORD_BROKER_KEYS_DIR",
+            help="The broker's key directory (created with fresh keys if it holds none).",
+        ),
+    ] = Path("accord-broker-keys"),
     insecure_loopback: InsecureLoopback = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Log flows at INFO.")] = False,
 ) -> None:
-    """Run the broker: registry, agreements, flow orchestration."""
+    """Run the broker: registry, catalog, agreements, flows, revocations, witness."""
     _logging(verbose)
     try:
+        keystore, created = open_broker_keys(keys, name=name)
+        if created:
+            typer.echo(
+                f"created keys for broker {name} in {keys} "
+                f"(signing key {keystore.identity.signing_key_id[:16]}…)"
+            )
         engine = open_broker_store(database_url(db))
-        broker = create_broker_server(
-            engine, bind=listen, name=name, insecure_loopback=insecure_loopback
-        )
+        try:
+            broker = create_broker_server(
+                engine, keystore, bind=listen, insecure_loopback=insecure_loopback
+            )
+        except BaseException:
+            engine.dispose()
+            raise
     except (KernelError, BrokerError) as exc:
         fail(str(exc), code=2)
-    broker.server.start()
+    broker.start()
     host = listen.rpartition(":")[0]
 
     def stop() -> None:

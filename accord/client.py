@@ -33,6 +33,7 @@ class Terms:
     epoch_days: int = 7
     retention_days: int = 30
     valid_days: int = 365
+    valid_seconds: int = 0  # added to valid_days (short-lived agreements, for tests)
     rate_limit: int = 24
     released_fields: tuple[str, ...] = ()
     epsilon_total: str | None = None
@@ -52,7 +53,9 @@ class Terms:
             epoch_length_seconds=self.epoch_days * 86400,
             retention_days=self.retention_days,
             valid_from=time_to_proto(start - timedelta(minutes=1)),
-            valid_until=time_to_proto(start + timedelta(days=self.valid_days)),
+            valid_until=time_to_proto(
+                start + timedelta(days=self.valid_days, seconds=self.valid_seconds)
+            ),
             rate_limit_per_day=self.rate_limit,
         )
         if self.epsilon_total is not None:

@@ -74,10 +74,21 @@ class LocalExchange:
         return process
 
     def start_broker(
-        self, *, db: str, name: str = "broker", verbose: bool = True, listen: str = "127.0.0.1:0"
+        self,
+        *,
+        db: str,
+        name: str = "broker",
+        verbose: bool = True,
+        listen: str = "127.0.0.1:0",
+        keys: Path | None = None,
     ) -> Process:
+        """``accord broker serve``; its keys in ``keys`` (default ``<root>/<name>-keys``),
+        created by the broker on its first start."""
+        key_dir = keys if keys is not None else self.root / f"{name}-keys"
         args = ["broker", "serve", "--db", db, "--listen", listen, "--name", name,
-                "--insecure-loopback"] + (["--verbose"] if verbose else [])  # fmt: skip
+                "--keys", str(key_dir), "--insecure-loopback"]  # fmt: skip
+        if verbose:
+            args.append("--verbose")
         return self._spawn(name, args)
 
     def start_node(

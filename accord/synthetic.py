@@ -182,6 +182,11 @@ class ExportTruth:
     bad_lines: dict[int, str] = field(default_factory=dict)  # line -> what was broken
     valid_people: set[int] = field(default_factory=set)
     external_ids: dict[int, str] = field(default_factory=dict)  # person -> external id
+    interests: dict[int, frozenset[str]] = field(default_factory=dict)  # valid people only
+
+    def interested_in(self, interest: str) -> set[int]:
+        """Valid people whose row lists ``interest`` (ground truth for segments)."""
+        return {p for p, found in self.interests.items() if interest in found}
 
 
 BAD_KINDS = (
@@ -241,6 +246,7 @@ def write_export(
             else:
                 truth.valid_people.add(index)
                 truth.external_ids[index] = external_id
+                truth.interests[index] = frozenset(filter(None, row["interests"].split(";")))
             writer.writerow([row[column] for column in HEADER])
             truth.rows += 1
     return truth

@@ -266,7 +266,7 @@ class Orchestrator:
             del owner_doubly
             self._deliver_overlap(
                 flow, agreement, owner, owner_ctx, recipient, recipient_ctx,
-                overlap_size(owner_tokens, recipient_doubly.tokens),
+                overlap_size(owner_tokens, recipient_doubly.tokens, recipient_doubly.handles),
             )  # fmt: skip
             return
         matched = intersect_handles(

@@ -16,11 +16,20 @@ def intersection_size(owner_tokens: Iterable[bytes], recipient_tokens: Iterable[
 
 
 def overlap_size(
-    owner_tokens: set[bytes] | frozenset[bytes], recipient_tokens: Iterable[bytes]
+    owner_tokens: set[bytes] | frozenset[bytes],
+    recipient_tokens: Sequence[bytes],
+    recipient_handles: Sequence[bytes],
 ) -> int:
-    """How many of the recipient's doubly-blinded tokens are in the owner's set (overlap
-    mode). Padding dummies are random points under two keys, so they never collide."""
-    return sum(1 for token in recipient_tokens if token in owner_tokens)
+    """How many of the recipient's customers are in the owner's set (overlap mode).
+
+    In an overlap flow the recipient gives every token of one customer the same handle,
+    so a customer matched on both e-mail and phone counts once. Padding dummies are
+    random points under two keys, so they never collide."""
+    if len(recipient_tokens) != len(recipient_handles):
+        raise ValueError("each recipient token needs its handle")
+    return len(
+        {h for t, h in zip(recipient_tokens, recipient_handles, strict=True) if t in owner_tokens}
+    )
 
 
 def intersect_handles(

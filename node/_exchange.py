@@ -127,6 +127,7 @@ class Exchange:
         if flow.role != "owner" or agreement.output_mode is not OutputMode.OVERLAP:
             raise FlowRefused("PEER_REJECTED", "counts are noised by an overlap agreement's owner")
         epsilon = Decimal(agreement.epsilon_per_count or "0")
+        exhausted: BudgetExhausted | None = None
         with self.engine.begin() as connection:
             spent = connection.execute(
                 select(_budgets.c.spent).where(_budgets.c.agreement_id == agreement.agreement_id)
@@ -135,19 +136,22 @@ class Exchange:
             try:
                 budget = budget.spend(epsilon)
             except BudgetExhausted as exc:
-                self.flows.audit(flow, "refused", reason="BUDGET_EXHAUSTED")
-                raise FlowRefused("BUDGET_EXHAUSTED", str(exc)) from exc
-            values = {"spent": str(budget.spent)}
-            if spent is None:
-                connection.execute(
-                    insert(_budgets).values(agreement_id=agreement.agreement_id, **values)
-                )
+                exhausted = exc  # logged after this transaction: the log has its own
             else:
-                connection.execute(
-                    update(_budgets)
-                    .where(_budgets.c.agreement_id == agreement.agreement_id)
-                    .values(values)
-                )
+                values = {"spent": str(budget.spent)}
+                if spent is None:
+                    connection.execute(
+                        insert(_budgets).values(agreement_id=agreement.agreement_id, **values)
+                    )
+                else:
+                    connection.execute(
+                        update(_budgets)
+                        .where(_budgets.c.agreement_id == agreement.agreement_id)
+                        .values(values)
+                    )
+        if exhausted is not None:
+            self.flows.audit(flow, "refused", reason="BUDGET_EXHAUSTED")
+            raise FlowRefused("BUDGET_EXHAUSTED", str(exhausted)) from exhausted
         released = released_count(intersection_size, epsilon=epsilon, k=agreement.min_audience_k)
         count = OverlapCount(
             agreement_id=agreement.agreement_id,

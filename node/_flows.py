@@ -31,6 +31,7 @@ from node.blinding import (
     EpochCache,
     KeyScope,
     dummy_points,
+    per_customer_handles,
     shuffle_pairs,
     shuffled_set,
     size_bucket,
@@ -299,7 +300,12 @@ class FlowEngine:
             epoch=scope.epoch,
         )
         tokens = self._blind_stream(scope, _chunks(shuffled.inputs, STREAM_BATCH), trusted=True)
-        return OwnSet(shuffled.size, _with_handles(tokens, shuffled.handles))
+        handles = shuffled.handles
+        if flow.role == "recipient" and agreement.output_mode is OutputMode.OVERLAP:
+            # The broker counts distinct handles: one per customer, however many of the
+            # customer's identifiers match.
+            handles = per_customer_handles(shuffled)
+        return OwnSet(shuffled.size, _with_handles(tokens, handles))
 
     def _dummy_points(self, scope: KeyScope, count: int) -> list[bytes]:
         with self._lock:
@@ -404,9 +410,10 @@ class FlowEngine:
         """The partner's blinded set (``size`` tokens, arriving in ``batches``), blinded
         again with this node's key, as it arrives.
 
-        The partner may map results back to its rows only if it is the recipient of a
-        match agreement: then tokens go back in arrival order with their handles, batch by
-        batch. Otherwise the whole set is collected, shuffled and sent without handles.
+        If the partner is the recipient of a match or overlap agreement, tokens go back in
+        arrival order with their handles, batch by batch (a match recipient maps results
+        back; an overlap count counts distinct handles). Otherwise the whole set is
+        collected, shuffled and sent without handles.
         """
         now = self._now()
         agreement, local = self.check_flow(flow, now)
@@ -416,7 +423,12 @@ class FlowEngine:
                 f"the partner's set ({size} tokens) exceeds the agreement's maximum",
             )
         scope = self._scope(agreement, local, flow, now)
-        entitled = agreement.output_mode is OutputMode.MATCH and flow.role == "owner"
+        # Handles go back with the tokens for a match recipient (to read its result) and an
+        # overlap recipient (whose per-customer handles make the count one of customers).
+        entitled = flow.role == "owner" and agreement.output_mode in (
+            OutputMode.MATCH,
+            OutputMode.OVERLAP,
+        )
         handles_seen: list[list[bytes]] = []
         counted = [0, 0]  # tokens, newly blinded
 

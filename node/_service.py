@@ -688,12 +688,17 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             purposes = list(request.purposes)
             if not purposes:
                 raise InvalidSegment("name at least one purpose the segment is offered for")
+            # The largest audience any one partner could be offered: consents are given
+            # to named partners or to every partner ('*'), so each registered partner
+            # is asked about, as the recipient of a later flow would be.
+            recipients = ["*", *self._partner_names()]
             consented = max(
                 self._segments.preview(
-                    segment.segment_id, ledger=self._ledger, purpose=purpose, recipient="*",
-                    now=self._now(),
+                    segment.segment_id, ledger=self._ledger, purpose=purpose,
+                    recipient=recipient, now=self._now(),
                 ).consented_customers or 0
                 for purpose in purposes
+                for recipient in recipients
             )  # fmt: skip
             if consented < MIN_PUBLISHED_SEGMENT:
                 raise InvalidSegment(
@@ -730,6 +735,31 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             abort(context, _operator_code(exc), str(exc))
         return node_pb2.PublishSegmentResponse(size_bucket=bucket,
                                                segment_version=segment.version)  # fmt: skip
+
+    def _partner_names(self) -> list[str]:
+        """Every node registered at the broker but this one, page by page."""
+        names: list[str] = []
+        token = ""
+        while True:
+            try:
+                page = self._broker.stub.ListNodes(
+                    broker_pb2.ListNodesRequest(
+                        page=common_pb2.PageRequest(page_size=500, page_token=token)
+                    ),
+                    timeout=30,
+                )
+            except grpc.RpcError as exc:
+                raise BrokerUnavailable(
+                    f"the broker did not list its partners: {exc.details()}"
+                ) from None
+            names += [
+                node.keys.node_name
+                for node in page.nodes
+                if node.keys.node_name != self._keys.identity.name
+            ]
+            token = page.page.next_page_token
+            if not token:
+                return names
 
     # --- not offered over gRPC yet ----------------------------------------------------------
 

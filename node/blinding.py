@@ -107,6 +107,18 @@ def shuffled_set(
     return ShuffledSet([point for point, _ in rows], handles, owners)
 
 
+def per_customer_handles(shuffled: ShuffledSet) -> list[bytes]:
+    """The set's handles with every token of one customer carrying the same one (its
+    first), so the broker's overlap count is of customers, not identifiers. Needs the
+    owner map (``keep_owners``); padding keeps its own handles."""
+    first: dict[int, bytes] = {}
+    handles: list[bytes] = []
+    for handle in shuffled.handles:
+        customer = shuffled.owners[handle]
+        handles.append(handle if customer is None else first.setdefault(customer, handle))
+    return handles
+
+
 def secure_shuffle(items: list[Any]) -> None:
     """Fisher–Yates with randomness from the OS's CSPRNG, drawn in one call.
 

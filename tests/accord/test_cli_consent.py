@@ -112,7 +112,12 @@ def test_grant_withdraw_show_verify_prove_and_erase(node: Node, tmp_path: Path) 
     assert bad.returncode == 1 and "not in the signed log" in bad.stdout
 
     erased = node.json("consent", "erase", "C1", "--reason", "data-subject request")
-    assert erased == {"customer_deleted": True, "consent_records_erased": 2, "tree_size": 3}
+    assert erased == {
+        "customer_deleted": True,
+        "consent_records_erased": 2,
+        "tree_size": 3,
+        "revocations_issued": 0,  # nothing of C1's was ever released to a partner
+    }
     after = node.json("audit", "verify", "--trusted-head", str(head_file))
     assert after["verified"] and after["erased_entries"] == 2 and after["entries"] == 3
     # The proof exported before the erasure still checks: the log kept its commitments.

@@ -11,6 +11,7 @@ from node.blinding import (
     EpochCache,
     KeyScope,
     dummy_points,
+    per_customer_handles,
     shuffled_set,
     size_bucket,
 )
@@ -105,3 +106,30 @@ def test_secure_shuffle_is_uniform_and_a_permutation() -> None:
     big = list(range(10_000))
     secure_shuffle(big)
     assert sorted(big) == list(range(10_000)) and big != list(range(10_000))
+
+
+@given(
+    identifiers=st.lists(st.integers(min_value=1, max_value=8), min_size=1, max_size=20),
+    padding=st.integers(min_value=0, max_value=5),
+)
+def test_per_customer_handles_give_each_customer_one_handle(
+    identifiers: list[int], padding: int
+) -> None:
+    real = [
+        (customer, random_bytes(32))
+        for customer, count in enumerate(identifiers)
+        for _ in range(count)
+    ]
+    shuffled = shuffled_set(real, [random_bytes(32) for _ in range(padding)])
+    handles = per_customer_handles(shuffled)
+    assert len(handles) == shuffled.size
+    owners = [shuffled.owners[h] for h in shuffled.handles]
+    by_customer: dict[int, set[bytes]] = {}
+    for handle, owner in zip(handles, owners, strict=True):
+        if owner is not None:
+            by_customer.setdefault(owner, set()).add(handle)
+    assert all(len(h) == 1 for h in by_customer.values())
+    assert len({next(iter(h)) for h in by_customer.values()}) == len(identifiers)
+    padding_handles = [h for h, o in zip(handles, owners, strict=True) if o is None]
+    assert len(set(padding_handles)) == padding
+    assert not set(padding_handles) & {next(iter(h)) for h in by_customer.values()}
