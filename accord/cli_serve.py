@@ -13,7 +13,7 @@ from broker import create_broker_server, open_broker_keys, open_broker_store
 from broker.errors import BrokerError
 from kernel.db import database_url
 from kernel.errors import KernelError
-from kernel.rpc import serve_until_signalled
+from kernel.rpc import check_bind, serve_until_signalled
 from node import create_node_server, open_store, register_with_broker
 from node.errors import NodeError
 
@@ -61,6 +61,7 @@ def broker_serve(
     """Run the broker: registry, catalog, agreements, flows, revocations, witness."""
     _logging(verbose)
     try:
+        check_bind(listen, insecure_loopback=insecure_loopback)  # before keys are written
         keystore, created = open_broker_keys(keys, name=name)
         if created:
             typer.echo(

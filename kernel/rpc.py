@@ -33,6 +33,7 @@ __all__ = [
     "IDENTITY_HEADER",
     "MAX_MESSAGE_BYTES",
     "abort",
+    "check_bind",
     "caller",
     "connect",
     "create_server",
@@ -110,6 +111,16 @@ class _TracingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         )
 
 
+def check_bind(bind: str, *, insecure_loopback: bool) -> None:
+    """Refuse an address a server may not listen on (before anything is written)."""
+    if not insecure_loopback:
+        raise ConfigurationError(
+            "mutual TLS is not available yet: pass --insecure-loopback to serve plaintext "
+            "gRPC on a loopback address"
+        )
+    require_loopback(bind)
+
+
 def create_server(
     *,
     bind: str,
@@ -119,12 +130,7 @@ def create_server(
     max_workers: int = 32,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A gRPC server bound to ``bind`` with our services, health and reflection."""
-    if not insecure_loopback:
-        raise ConfigurationError(
-            "mutual TLS is not available yet: pass --insecure-loopback to serve plaintext "
-            "gRPC on a loopback address"
-        )
-    require_loopback(bind)
+    check_bind(bind, insecure_loopback=insecure_loopback)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="accord-rpc"),
         interceptors=[_TracingInterceptor()],

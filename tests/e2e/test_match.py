@@ -276,7 +276,8 @@ def test_plaintext_serving_is_loopback_only(tmp_path: Any) -> None:
     ):
         run = subprocess.run(
             [sys.executable, "-m", "accord", "broker", "serve", "--db",
-             str(tmp_path / "b.db"), *args],
+             str(tmp_path / "b.db"), "--keys", str(tmp_path / "keys"), *args],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert run.returncode == 2 and message in run.stderr, run.stderr
+        assert not (tmp_path / "keys").exists() and not (tmp_path / "b.db").exists()
