@@ -1,10 +1,12 @@
-"""The leak test: canary identifiers go through a match; nothing about them reaches the broker.
+"""The leak test: canary identifiers go through a match and a release; nothing about them
+reaches the broker.
 
 Canary e-mails and phones are customers of both nodes, with consent, so they are in the
-overlap. Every byte the broker received (through a recording proxy on each path into
-it), its database files and its log are scanned for every form a leak could take
-(leakscan.canary_forms). The positive control then leaks one canary on purpose, through a
-path the broker really has, and the same scan must catch it.
+overlap and in the release (sealed to the recipient). Every byte the broker received
+(through a recording proxy on each path into it), its database files and its log are
+scanned for every form a leak could take (leakscan.canary_forms). The positive control
+then leaks one canary on purpose, through a path the broker really has, and the same scan
+must catch it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from accord.client import request_audience
 from accord.exchange import LocalExchange
-from consent.agreements import PartyKeys
+from consent.agreements import OutputMode, PartyKeys
 from consent.serde import keys_to_proto
 from kernel.keys import KeyStore
 from kernel.rpc import connect
@@ -70,6 +72,14 @@ def test_no_form_of_any_canary_reaches_the_broker(tmp_path: Path) -> None:
             assert response.flow.state == flow_pb2.FLOW_STATE_SUCCEEDED
             # The canaries matched, like every other shared customer.
             assert response.summary.match.matched_customers == world.expected_overlap() + 3
+            # A release carries the canaries' own e-mails and phones, sealed to the
+            # recipient: the broker relays them and must see only ciphertext.
+            release_id = running.agreement(
+                mode=OutputMode.RELEASE, released_fields=("first_name", "email", "phone")
+            )
+            released = request_audience(running.stub(RECIPIENT), release_id)
+            assert released.flow.state == flow_pb2.FLOW_STATE_SUCCEEDED, released.flow
+            assert released.summary.release.records >= 3
 
             def received() -> list[tuple[str, bytes]]:
                 return [
