@@ -978,3 +978,51 @@ def test_consent_columns_that_disagree_with_their_record_are_named(log: Log) -> 
     assert_tampered(log, "consent event ")
     with pytest.raises(LedgerTampered, match="entry 11"):
         log.verify()
+
+
+# --- witnessed heads: what the broker saw ----------------------------------------------
+
+
+def verify_witnessed(log: Log, witnessed: list[SignedTreeHead]) -> VerifyReport:
+    return verify_log(log.engine, public_key=log.key.public_key, witnessed_heads=witnessed)
+
+
+def test_a_log_extending_every_witnessed_head_verifies(log: Log) -> None:
+    report = verify_witnessed(log, log.heads)
+    assert_clean(report, entries=SIZE, heads=len(HEAD_SIZES))
+
+
+def test_truncation_fails_against_the_witness(log: Log) -> None:
+    with log.engine.begin() as connection:
+        truncate(connection, 22)
+    assert_clean(log.verify(), entries=22, heads=HEAD_SIZES.index(22) + 1)
+    with pytest.raises(TrustedHeadMismatch, match=r"^the log was truncated: it holds 22 "
+                       r"entries, but the witness saw a head of size 26"):  # fmt: skip
+        verify_witnessed(log, log.heads)
+    # The heads the witness saw before the cut still hold.
+    assert verify_witnessed(log, log.heads[:4]).entries == 22
+
+
+def test_history_rewritten_and_resigned_fails_against_the_witness(log: Log) -> None:
+    with log.engine.begin() as connection:
+        forge_entry(connection, 11)  # under the head of size 15
+        resign_heads(connection, log.key)
+        fix_state(connection)
+    assert_clean(log.verify(), entries=SIZE, heads=len(HEAD_SIZES))
+    with pytest.raises(TrustedHeadMismatch, match=r"^the log is not the one the witness saw "
+                       r"at size 15: its history was rewritten"):  # fmt: skip
+        verify_witnessed(log, log.heads)
+    assert verify_witnessed(log, log.heads[:2]).entries == SIZE
+
+
+def test_a_witnessed_head_the_node_did_not_sign_fails(log: Log) -> None:
+    head = log.heads[2]
+    forged = SignedTreeHead.sign(
+        SigningKey.generate(),
+        origin=ORIGIN,
+        tree_size=head.tree_size,
+        root_hash=head.root_hash,
+        timestamp=head.timestamp,
+    )
+    with pytest.raises(LedgerTampered):
+        verify_witnessed(log, [forged])

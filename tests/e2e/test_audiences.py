@@ -10,6 +10,8 @@ never from the code under test.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -580,3 +582,33 @@ def test_a_tampered_agreement_is_neither_signed_nor_accepted(running: Running) -
             broker_pb2.SubmitAgreementRequest(signed_agreement=forged), timeout=30
         )
     assert rejected.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+def test_audit_verify_checks_the_log_against_the_heads_the_broker_witnessed(
+    running: Running,
+) -> None:
+    recipient = running.world.stores[RECIPIENT]
+    base = ("audit", "verify", "--db", str(recipient.db), "--keys", str(recipient.keys), "--json")
+    witnessed = [*base, "--witnessed", "--broker", running.broker.address]
+
+    def report(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "accord", *args], capture_output=True,
+                              text=True, timeout=120, check=False)  # fmt: skip
+
+    # The node's housekeeping sends its heads to the broker within seconds.
+    eventually(lambda: json.loads(report(*witnessed).stdout).get("witnessed_heads", 0) > 0)
+    run = report(*witnessed)
+    assert run.returncode == 0, run.stderr
+    verified = json.loads(run.stdout)
+    assert verified["verified"] and verified["latest_witnessed_size"] <= verified["entries"]
+    # Pinning a key that is not the broker's: the cosignatures are not trusted.
+    owner_identity = running.world.stores[OWNER].keys / "identity.json"
+    pinned = report(*witnessed, "--witness-identity", str(owner_identity))
+    assert pinned.returncode == 1
+    assert "not the pinned witness key" in json.loads(pinned.stdout)["problem"]
+    # --witnessed names its witness.
+    alone = report(*base, "--witnessed")
+    assert alone.returncode == 2 and "--broker" in alone.stderr
