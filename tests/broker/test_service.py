@@ -103,12 +103,15 @@ class StandIn(node_pb2_grpc.NodeServiceServicer):  # type: ignore[misc]
     revoked: list[str] = field(default_factory=list)
     agreement_revoked: threading.Event = field(default_factory=threading.Event)
 
+    # One handle per token as sent (default: all distinct).
+    handles: list[bytes] = field(default_factory=list)
+
     def own_tokens(self) -> list[bytes]:
         return [xor(p, self.secret) for p in self.points]
 
     def BlindSet(self, request: Any, context: Any) -> Iterator[Any]:
         tokens = self.own_tokens()
-        handles = [i.to_bytes(16, "big") for i in range(len(tokens))]
+        handles = self.handles or [i.to_bytes(16, "big") for i in range(len(tokens))]
         for index, start in enumerate(range(0, len(tokens), 3)):
             yield node_pb2.BlindSetResponse(
                 batch=flow_pb2.TokenBatch(
@@ -130,8 +133,11 @@ class StandIn(node_pb2_grpc.NodeServiceServicer):  # type: ignore[misc]
             tokens.extend(request.batch.tokens)
             handles.extend(request.batch.handles)
         assert flow is not None
-        # Only the owner, re-blinding the recipient's set in match mode, keeps handles.
-        keep = self.mode is OutputMode.MATCH and flow.role == flow_pb2.FLOW_ROLE_OWNER
+        # Only the owner, re-blinding the recipient's set in match or overlap mode, keeps
+        # handles (overlap counts the recipient's distinct, per-customer handles).
+        keep = self.mode in (OutputMode.MATCH, OutputMode.OVERLAP) and (
+            flow.role == flow_pb2.FLOW_ROLE_OWNER
+        )
         yield node_pb2.ReblindSetResponse(
             batch=flow_pb2.TokenBatch(
                 flow_id=flow.flow_id,
@@ -342,6 +348,21 @@ def test_an_overlap_flow_gives_the_owner_the_size_and_the_recipient_a_signed_cou
         "owner_set_size": 12,
         "recipient_set_size": 9,
     }
+
+
+def test_an_overlap_counts_the_recipients_customers_not_their_identifiers(
+    exchange: Exchange,
+) -> None:
+    shared = _points(6)
+    exchange.owner.points = shared + _points(2)
+    # Three recipient customers with two identifiers each, all shared, and one unshared.
+    exchange.recipient.points = [*shared, *_points(1)]
+    exchange.recipient.handles = [bytes([c]) * 16 for c in (1, 1, 2, 2, 3, 3, 4)]
+    agreement = exchange.parties.agreement(OutputMode.OVERLAP)
+    exchange.agree(agreement)
+    flow = exchange.run_flow(agreement)
+    assert flow.state == flow_pb2.FLOW_STATE_SUCCEEDED, flow.failure_detail
+    assert exchange.owner.intersection_sizes == [3]
 
 
 def test_an_overlap_count_the_owner_did_not_sign_is_not_delivered(exchange: Exchange) -> None:
