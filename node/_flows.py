@@ -32,6 +32,7 @@ from node.blinding import (
     KeyScope,
     dummy_points,
     per_customer_handles,
+    regrouped,
     shuffle_pairs,
     shuffled_set,
     size_bucket,
@@ -410,10 +411,11 @@ class FlowEngine:
         """The partner's blinded set (``size`` tokens, arriving in ``batches``), blinded
         again with this node's key, as it arrives.
 
-        If the partner is the recipient of a match or overlap agreement, tokens go back in
-        arrival order with their handles, batch by batch (a match recipient maps results
-        back; an overlap count counts distinct handles). Otherwise the whole set is
-        collected, shuffled and sent without handles.
+        If the partner is the recipient of a match agreement, tokens go back in arrival
+        order with their handles, batch by batch (it maps its result back). For an overlap
+        recipient the whole set is shuffled and its handles replaced by fresh ones shared
+        the same way (the broker counts customers, and cannot tie one to the recipient's
+        handles). Otherwise the whole set is collected, shuffled and sent without handles.
         """
         now = self._now()
         agreement, local = self.check_flow(flow, now)
@@ -423,12 +425,8 @@ class FlowEngine:
                 f"the partner's set ({size} tokens) exceeds the agreement's maximum",
             )
         scope = self._scope(agreement, local, flow, now)
-        # Handles go back with the tokens for a match recipient (to read its result) and an
-        # overlap recipient (whose per-customer handles make the count one of customers).
-        entitled = flow.role == "owner" and agreement.output_mode in (
-            OutputMode.MATCH,
-            OutputMode.OVERLAP,
-        )
+        entitled = agreement.output_mode is OutputMode.MATCH and flow.role == "owner"
+        grouped = agreement.output_mode is OutputMode.OVERLAP and flow.role == "owner"
         handles_seen: list[list[bytes]] = []
         counted = [0, 0]  # tokens, newly blinded
 
@@ -445,6 +443,17 @@ class FlowEngine:
         if entitled:
             for index, tokens in enumerate(blinded):
                 yield tokens, handles_seen[index]
+        elif grouped:
+            everything = [token for tokens in blinded for token in tokens]
+            handles = [handle for chunk in handles_seen for handle in chunk]
+            if len(handles) != len(everything):
+                raise FlowRefused("PEER_REJECTED", "an overlap set needs a handle per token")
+            tokens_out, handles_out = regrouped(everything, handles)
+            for start in range(0, len(tokens_out), STREAM_BATCH):
+                yield (
+                    tokens_out[start : start + STREAM_BATCH],
+                    handles_out[start : start + STREAM_BATCH],
+                )
         else:
             everything = [token for tokens in blinded for token in tokens]
             for chunk in _chunks(shuffle_pairs(everything), STREAM_BATCH):

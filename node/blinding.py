@@ -143,6 +143,26 @@ def shuffle_pairs(tokens: list[bytes]) -> list[bytes]:
     return out
 
 
+def regrouped(tokens: Sequence[bytes], handles: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """``tokens`` in a fresh random order, each with a fresh random handle that is shared
+    exactly where the input handles were shared (overlap mode).
+
+    The broker can still count distinct groups — customers — but neither it nor a
+    partner colluding with it can tie a group to the handles the partner sent, so the
+    count stays a count and never becomes a match."""
+    if len(tokens) != len(handles):
+        raise ValueError("each token needs its handle")
+    fresh: dict[bytes, bytes] = {}
+    pairs = [
+        (token, fresh.setdefault(handle, secrets.token_bytes(HANDLE_SIZE)))
+        for token, handle in zip(tokens, handles, strict=True)
+    ]
+    if len(set(fresh.values())) < len(fresh):  # 2^-128 per pair; a clash would merge groups
+        return regrouped(tokens, handles)
+    secure_shuffle(pairs)
+    return [t for t, _ in pairs], [h for _, h in pairs]
+
+
 class EpochCache:
     """Blinded tokens of the current epochs, so repeated flows cost only what changed.
 

@@ -12,6 +12,7 @@ from node.blinding import (
     KeyScope,
     dummy_points,
     per_customer_handles,
+    regrouped,
     shuffled_set,
     size_bucket,
 )
@@ -133,3 +134,19 @@ def test_per_customer_handles_give_each_customer_one_handle(
     padding_handles = [h for h, o in zip(handles, owners, strict=True) if o is None]
     assert len(set(padding_handles)) == padding
     assert not set(padding_handles) & {next(iter(h)) for h in by_customer.values()}
+
+
+@given(groups=st.lists(st.integers(min_value=1, max_value=4), min_size=1, max_size=25))
+def test_regrouping_keeps_the_groups_and_nothing_else(groups: list[int]) -> None:
+    handles_in = [bytes([g]) * HANDLE_SIZE for g, size in enumerate(groups) for _ in range(size)]
+    tokens_in = [random_bytes(32) for _ in handles_in]
+    tokens_out, handles_out = regrouped(tokens_in, handles_in)
+    assert sorted(tokens_out) == sorted(tokens_in)
+    group_in = dict(zip(tokens_in, handles_in, strict=True))
+    group_out = dict(zip(tokens_out, handles_out, strict=True))
+    # Two tokens share an output handle exactly when they shared an input handle.
+    for a in tokens_in:
+        for b in tokens_in:
+            assert (group_in[a] == group_in[b]) == (group_out[a] == group_out[b])
+    assert not set(handles_out) & set(handles_in)
+    assert all(len(h) == HANDLE_SIZE for h in handles_out)
