@@ -212,8 +212,11 @@ class Ledger:
                 connection.execute(select(_state_t.c.size).where(_state_t.c.id == 1)).scalar_one()
             )
 
-    def leaf_hashes(self, *, upto: int | None = None) -> list[bytes]:
+    def leaf_hashes(self, *, since: int = 0, upto: int | None = None) -> list[bytes]:
+        """Leaf hashes of entries ``since`` ≤ index < ``upto``, in order."""
         query = select(_entries.c.data).order_by(_entries.c.leaf_index)
+        if since:
+            query = query.where(_entries.c.leaf_index >= since)
         if upto is not None:
             query = query.where(_entries.c.leaf_index < upto)
         with self.engine.connect() as connection:

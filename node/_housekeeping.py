@@ -26,10 +26,10 @@ from typing import Final
 import grpc
 
 from consent import Ledger
-from consent.merkle import consistency_proof
+from consent.merkle import MerkleFrontier, consistency_proof_extending
 from consent.serde import ack_from_proto, revocation_to_proto, tree_head_to_proto
 from kernel.wire.accord.broker.v1 import broker_pb2, broker_pb2_grpc
-from kernel.wire.accord.common.v1 import audit_pb2
+from kernel.wire.accord.common.v1 import audit_pb2, common_pb2
 from node._exchange import Exchange
 from node.errors import FlowRefused
 
@@ -56,6 +56,9 @@ class Housekeeper:
         self._interval = interval
         self._witness_every = witness_every
         self._witnessed_size: int | None = None  # unknown until asked
+        # The log's frontier at the witnessed size: the next proof then reads only the
+        # leaves added since (consent.merkle.consistency_proof_extending).
+        self._witnessed_frontier: MerkleFrontier | None = None
         self._last_witness = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="accord-housekeeping", daemon=True)
@@ -124,17 +127,15 @@ class Housekeeper:
         if head is None:
             return False
         if self._witnessed_size is None:
-            listed = self._broker.ListWitnessedHeads(
-                broker_pb2.ListWitnessedHeadsRequest(origin=self._origin), timeout=RPC_TIMEOUT_S
-            )
-            sizes = [h.tree_head.tree_size for h in listed.heads]
-            self._witnessed_size = max(sizes, default=0)
+            self._witnessed_size = self._latest_witnessed_size()
         old = self._witnessed_size
         if head.tree_size <= old:
             return False
-        path: list[bytes] = []
-        if old > 0:
-            path = consistency_proof(self._ledger.leaf_hashes(upto=head.tree_size), old)
+        frontier = self._witnessed_frontier
+        if frontier is None or frontier.size != old:
+            frontier = MerkleFrontier.from_leaf_hashes(self._ledger.leaf_hashes(upto=old))
+        added = self._ledger.leaf_hashes(since=old, upto=head.tree_size)
+        path = consistency_proof_extending(frontier, added) if old > 0 else []
         request = broker_pb2.WitnessTreeHeadRequest(
             tree_head=tree_head_to_proto(head),
             consistency=audit_pb2.ConsistencyProof(
@@ -150,4 +151,23 @@ class Housekeeper:
             self._witnessed_size = None  # ask the broker again next time
             raise
         self._witnessed_size = head.tree_size
+        grown = frontier.copy()
+        grown.extend(added)
+        self._witnessed_frontier = grown if grown.root() == head.root_hash else None
         return True
+
+    def _latest_witnessed_size(self) -> int:
+        """The size of the newest head of this log the broker witnessed (0 if none)."""
+        latest, token = 0, ""
+        while True:
+            page = self._broker.ListWitnessedHeads(
+                broker_pb2.ListWitnessedHeadsRequest(
+                    origin=self._origin,
+                    page=common_pb2.PageRequest(page_size=500, page_token=token),
+                ),
+                timeout=RPC_TIMEOUT_S,
+            )
+            latest = max([latest, *(h.tree_head.tree_size for h in page.heads)])
+            token = page.page.next_page_token
+            if not token:
+                return int(latest)

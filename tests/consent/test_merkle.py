@@ -25,6 +25,7 @@ from consent.merkle import (
     MAX_TREE_SIZE,
     MerkleFrontier,
     consistency_proof,
+    consistency_proof_extending,
     inclusion_proof,
     inclusion_proofs,
     leaf_hash,
@@ -670,3 +671,19 @@ def test_inclusion_proofs_in_bulk_equal_one_by_one(size: int) -> None:
         verify_inclusion(leaves[index], index, size, bulk[index], root)
     with pytest.raises(ValueError):
         inclusion_proofs(leaves, [size])
+
+
+@settings(max_examples=300)
+@given(data=st.data())
+def test_a_proof_from_the_old_frontier_is_the_proof_from_all_leaves(data: st.DataObject) -> None:
+    size = data.draw(st.integers(min_value=1, max_value=len(LEAVES)))
+    old_size = data.draw(st.integers(min_value=1, max_value=size))
+    old = MerkleFrontier.from_leaf_hashes(LEAVES[:old_size])
+    proof = consistency_proof_extending(old, LEAVES[old_size:size])
+    assert proof == consistency_proof(LEAVES[:size], old_size)
+    verify_consistency(old_size, size, proof, old.root(), root_hash(LEAVES[:size]))
+
+
+def test_no_proof_extends_the_empty_tree() -> None:
+    with pytest.raises(ValueError):
+        consistency_proof_extending(MerkleFrontier(), LEAVES[:3])
