@@ -11,7 +11,8 @@ One background thread, one tick every few seconds:
   deleted (``Exchange.purge``), and the deletion is logged.
 * **witness**: when the audit log has grown, its latest signed head goes to the broker
   with an RFC 9162 consistency proof from the last head the broker witnessed, at most
-  once per ``witness_every`` seconds (proofs read every leaf hash of the log).
+  once per ``witness_every`` seconds; the proof is built from the frontier at the
+  witnessed size and the leaves added since (the whole log is read once, at start).
 
 Failures are logged without customer data and never stop the thread.
 """
