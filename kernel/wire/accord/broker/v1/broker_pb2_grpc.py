@@ -262,7 +262,7 @@ class BrokerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListWitnessedHeads(self, request, context):
-        """Witnessed heads of one log, newest first.
+        """Witnessed heads of one log, oldest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -90,7 +90,7 @@ class BrokerServiceStub:
     head the broker witnessed for that log; the broker verifies and co-signs it.
     """
     ListWitnessedHeads: _grpc.UnaryUnaryMultiCallable[_broker_pb2.ListWitnessedHeadsRequest, _broker_pb2.ListWitnessedHeadsResponse]
-    """Witnessed heads of one log, newest first."""
+    """Witnessed heads of one log, oldest first."""
     GetTreeHead: _grpc.UnaryUnaryMultiCallable[_broker_pb2.GetTreeHeadRequest, _broker_pb2.GetTreeHeadResponse]
     """The broker's own log (agreements and flows): its latest signed tree head."""
     GetBrokerInfo: _grpc.UnaryUnaryMultiCallable[_broker_pb2.GetBrokerInfoRequest, _broker_pb2.GetBrokerInfoResponse]
@@ -152,7 +152,7 @@ class BrokerServiceAsyncStub(BrokerServiceStub):
     head the broker witnessed for that log; the broker verifies and co-signs it.
     """
     ListWitnessedHeads: _aio.UnaryUnaryMultiCallable[_broker_pb2.ListWitnessedHeadsRequest, _broker_pb2.ListWitnessedHeadsResponse]  # type: ignore[assignment]
-    """Witnessed heads of one log, newest first."""
+    """Witnessed heads of one log, oldest first."""
     GetTreeHead: _aio.UnaryUnaryMultiCallable[_broker_pb2.GetTreeHeadRequest, _broker_pb2.GetTreeHeadResponse]  # type: ignore[assignment]
     """The broker's own log (agreements and flows): its latest signed tree head."""
     GetBrokerInfo: _aio.UnaryUnaryMultiCallable[_broker_pb2.GetBrokerInfoRequest, _broker_pb2.GetBrokerInfoResponse]  # type: ignore[assignment]
@@ -313,7 +313,7 @@ class BrokerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _broker_pb2.ListWitnessedHeadsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_broker_pb2.ListWitnessedHeadsResponse, _abc.Awaitable[_broker_pb2.ListWitnessedHeadsResponse]]:
-        """Witnessed heads of one log, newest first."""
+        """Witnessed heads of one log, oldest first."""
 
     @_abc_1.abstractmethod
     def GetTreeHead(
