@@ -37,9 +37,8 @@ from kernel.crypto import key_id
 from kernel.db import database_url
 from kernel.errors import KernelError
 from kernel.keys import PartyIdentity
-from kernel.rpc import connect
+from kernel.rpc import all_pages, connect
 from kernel.wire.accord.broker.v1 import broker_pb2, broker_pb2_grpc
-from kernel.wire.accord.common.v1 import common_pb2
 
 audit_app = typer.Typer(help="Verify the audit log; export heads and proofs.", no_args_is_help=True)
 
@@ -97,15 +96,11 @@ def _witnessed_heads(
                 f"pinned witness key {key_id(pinned_witness.signing_public_key)[:16]}…"
             )
         heads: list[SignedTreeHead] = []
-        token = ""
-        while True:
-            page = stub.ListWitnessedHeads(
-                broker_pb2.ListWitnessedHeadsRequest(
-                    origin=party.origin,
-                    page=common_pb2.PageRequest(page_size=500, page_token=token),
-                ),
-                timeout=60,
+        for page in all_pages(
+            lambda page: stub.ListWitnessedHeads(
+                broker_pb2.ListWitnessedHeadsRequest(origin=party.origin, page=page), timeout=60
             )
+        ):
             for message in page.heads:
                 head, cosignature = witnessed_head_from_proto(message)
                 if head.origin != party.origin or not cosignature.covers(head):
@@ -121,9 +116,7 @@ def _witnessed_heads(
                         f"not verify: {exc}"
                     ) from None
                 heads.append(head)
-            token = page.page.next_page_token
-            if not token:
-                return heads
+        return heads
     except grpc.RpcError as exc:
         fail(f"the broker at {broker} did not answer: {exc.details()}", code=2)
     finally:

@@ -18,9 +18,9 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,11 +28,13 @@ from grpc_reflection.v1alpha import reflection
 
 from kernel.errors import ConfigurationError
 from kernel.telemetry import tracer
+from kernel.wire.accord.common.v1 import common_pb2
 
 __all__ = [
     "IDENTITY_HEADER",
     "MAX_MESSAGE_BYTES",
     "abort",
+    "all_pages",
     "check_bind",
     "caller",
     "connect",
@@ -109,6 +111,28 @@ class _TracingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+class _Paged(Protocol):
+    @property
+    def page(self) -> common_pb2.PageInfo: ...
+
+
+_Page = TypeVar("_Page", bound=_Paged)
+
+
+def all_pages(
+    fetch: Callable[[common_pb2.PageRequest], _Page], *, page_size: int = 500
+) -> Iterator[_Page]:
+    """Every page of a listing RPC: ``fetch`` is called with each page request in turn
+    (the first with no token) until a response carries no ``next_page_token``."""
+    token = ""
+    while True:
+        page = fetch(common_pb2.PageRequest(page_size=page_size, page_token=token))
+        yield page
+        token = page.page.next_page_token
+        if not token:
+            return
 
 
 def check_bind(bind: str, *, insecure_loopback: bool) -> None:

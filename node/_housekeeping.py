@@ -29,8 +29,9 @@ import grpc
 from consent import Ledger
 from consent.merkle import MerkleFrontier, consistency_proof_extending
 from consent.serde import ack_from_proto, revocation_to_proto, tree_head_to_proto
+from kernel.rpc import all_pages
 from kernel.wire.accord.broker.v1 import broker_pb2, broker_pb2_grpc
-from kernel.wire.accord.common.v1 import audit_pb2, common_pb2
+from kernel.wire.accord.common.v1 import audit_pb2
 from node._exchange import Exchange
 from node.errors import FlowRefused
 
@@ -159,16 +160,10 @@ class Housekeeper:
 
     def _latest_witnessed_size(self) -> int:
         """The size of the newest head of this log the broker witnessed (0 if none)."""
-        latest, token = 0, ""
-        while True:
-            page = self._broker.ListWitnessedHeads(
-                broker_pb2.ListWitnessedHeadsRequest(
-                    origin=self._origin,
-                    page=common_pb2.PageRequest(page_size=500, page_token=token),
-                ),
+        pages = all_pages(
+            lambda page: self._broker.ListWitnessedHeads(
+                broker_pb2.ListWitnessedHeadsRequest(origin=self._origin, page=page),
                 timeout=RPC_TIMEOUT_S,
             )
-            latest = max([latest, *(h.tree_head.tree_size for h in page.heads)])
-            token = page.page.next_page_token
-            if not token:
-                return int(latest)
+        )
+        return max((int(h.tree_head.tree_size) for page in pages for h in page.heads), default=0)

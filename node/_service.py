@@ -40,7 +40,7 @@ from consent.serde import (
 from consent.signed import AgreementRevocation
 from kernel.crypto import sha256
 from kernel.keys import KeyStore
-from kernel.rpc import abort, caller
+from kernel.rpc import abort, all_pages, caller
 from kernel.wire.accord.broker.v1 import broker_pb2, broker_pb2_grpc
 from kernel.wire.accord.common.v1 import agreement_pb2, common_pb2, flow_pb2
 from kernel.wire.accord.node.v1 import node_pb2, node_pb2_grpc
@@ -737,29 +737,22 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                                                segment_version=segment.version)  # fmt: skip
 
     def _partner_names(self) -> list[str]:
-        """Every node registered at the broker but this one, page by page."""
-        names: list[str] = []
-        token = ""
-        while True:
-            try:
-                page = self._broker.stub.ListNodes(
-                    broker_pb2.ListNodesRequest(
-                        page=common_pb2.PageRequest(page_size=500, page_token=token)
-                    ),
-                    timeout=30,
-                )
-            except grpc.RpcError as exc:
-                raise BrokerUnavailable(
-                    f"the broker did not list its partners: {exc.details()}"
-                ) from None
-            names += [
+        """Every node registered at the broker but this one."""
+        try:
+            return [
                 node.keys.node_name
+                for page in all_pages(
+                    lambda page: self._broker.stub.ListNodes(
+                        broker_pb2.ListNodesRequest(page=page), timeout=30
+                    )
+                )
                 for node in page.nodes
                 if node.keys.node_name != self._keys.identity.name
             ]
-            token = page.page.next_page_token
-            if not token:
-                return names
+        except grpc.RpcError as exc:
+            raise BrokerUnavailable(
+                f"the broker did not list its partners: {exc.details()}"
+            ) from None
 
     # --- not offered over gRPC yet ----------------------------------------------------------
 
