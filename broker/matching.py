@@ -25,11 +25,7 @@ def overlap_size(
     In an overlap flow the recipient gives every token of one customer the same handle,
     so a customer matched on both e-mail and phone counts once. Padding dummies are
     random points under two keys, so they never collide."""
-    if len(recipient_tokens) != len(recipient_handles):
-        raise ValueError("each recipient token needs its handle")
-    return len(
-        {h for t, h in zip(recipient_tokens, recipient_handles, strict=True) if t in owner_tokens}
-    )
+    return len(set(intersect_handles(owner_tokens, recipient_tokens, recipient_handles)))
 
 
 def intersect_handles(

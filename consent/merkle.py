@@ -43,7 +43,7 @@ caller, not a failed proof).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from consent.errors import ProofError
@@ -192,6 +192,16 @@ def consistency_proof(leaf_hashes: Sequence[bytes], old_size: int) -> list[bytes
         raise ValueError("no consistency proof from the empty tree (old_size 0)")
     if not 0 < old_size <= size:
         raise ValueError(f"old_size {old_size} is out of range for a tree of size {size}")
+    return _consistency_walk(old_size, size, lambda lo, hi: _subtree_root(leaf_hashes, lo, hi))
+
+
+def _consistency_walk(
+    old_size: int, size: int, subtree: Callable[[int, int], bytes]
+) -> list[bytes]:
+    """PROOF(old_size, D[size]) given MTH of any subtree the proof names (0 < old_size ≤
+    size). Every subtree it names either ends at or before ``old_size`` — then it is one
+    of the perfect subtrees the old size's binary digits describe — or starts at or after
+    it, among the new leaves."""
     # SUBPROOF(m, D[lo:hi], b): at m == hi - lo it is {} if b else {MTH(D[lo:hi])};
     # otherwise with k the split, it is SUBPROOF(m, D[lo:lo+k], b) : MTH(D[lo+k:hi]) if
     # m <= k, else SUBPROOF(m - k, D[lo+k:hi], false) : MTH(D[lo:lo+k]).
@@ -201,14 +211,14 @@ def consistency_proof(leaf_hashes: Sequence[bytes], old_size: int) -> list[bytes
     while hi != old_size:  # the old tree D[0:old_size] ends inside D[lo:hi]
         k = _split(hi - lo)
         if old_size <= lo + k:
-            suffix.append(_subtree_root(leaf_hashes, lo + k, hi))
+            suffix.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            suffix.append(_subtree_root(leaf_hashes, lo, lo + k))
+            suffix.append(subtree(lo, lo + k))
             lo += k
             whole_old_tree = False
     if not whole_old_tree:
-        suffix.append(_subtree_root(leaf_hashes, lo, hi))
+        suffix.append(subtree(lo, hi))
     suffix.reverse()
     return suffix
 
@@ -218,10 +228,9 @@ def consistency_proof_extending(
 ) -> list[bytes]:
     """``consistency_proof`` from the old tree's frontier and only the leaves added since.
 
-    Every subtree the proof names is either one of the perfect subtrees the old size's
-    binary digits describe (the frontier holds their roots) or lies wholly among the new
-    leaves, so the cost is O(new leaves + log n) instead of O(n): a witness can be sent
-    a proof every few seconds without re-reading the whole log.
+    The frontier holds the roots of the old subtrees the proof names
+    (``_consistency_walk``), so the cost is O(new leaves + log n) instead of O(n): a
+    witness can be sent a proof every few seconds without re-reading the whole log.
     """
     _check_leaf_hashes(new_leaf_hashes)
     old_size = old.size
@@ -243,22 +252,7 @@ def consistency_proof_extending(
             return _subtree_root(new_leaf_hashes, lo - old_size, hi - old_size)
         return known[(lo, hi)]  # a frontier subtree: the proof names no other old one
 
-    suffix: list[bytes] = []
-    lo, hi = 0, size
-    whole_old_tree = True
-    while hi != old_size:  # the same walk as consistency_proof
-        k = _split(hi - lo)
-        if old_size <= lo + k:
-            suffix.append(subtree(lo + k, hi))
-            hi = lo + k
-        else:
-            suffix.append(subtree(lo, lo + k))
-            lo += k
-            whole_old_tree = False
-    if not whole_old_tree:
-        suffix.append(subtree(lo, hi))
-    suffix.reverse()
-    return suffix
+    return _consistency_walk(old_size, size, subtree)
 
 
 # --- verification ----------------------------------------------------------------------

@@ -443,21 +443,17 @@ class FlowEngine:
         if entitled:
             for index, tokens in enumerate(blinded):
                 yield tokens, handles_seen[index]
-        elif grouped:
-            everything = [token for tokens in blinded for token in tokens]
-            handles = [handle for chunk in handles_seen for handle in chunk]
-            if len(handles) != len(everything):
-                raise FlowRefused("PEER_REJECTED", "an overlap set needs a handle per token")
-            tokens_out, handles_out = regrouped(everything, handles)
-            for start in range(0, len(tokens_out), STREAM_BATCH):
-                yield (
-                    tokens_out[start : start + STREAM_BATCH],
-                    handles_out[start : start + STREAM_BATCH],
-                )
         else:
             everything = [token for tokens in blinded for token in tokens]
-            for chunk in _chunks(shuffle_pairs(everything), STREAM_BATCH):
-                yield chunk, []
+            if grouped:
+                handles = [handle for chunk in handles_seen for handle in chunk]
+                if len(handles) != len(everything):
+                    raise FlowRefused("PEER_REJECTED", "an overlap set needs a handle per token")
+                tokens_out, handles_out = regrouped(everything, handles)
+                yield from _with_handles(_chunks(tokens_out, STREAM_BATCH), handles_out)
+            else:
+                for chunk in _chunks(shuffle_pairs(everything), STREAM_BATCH):
+                    yield chunk, []
         self.audit(
             flow, "reblinded", tokens=counted[0], newly_blinded=counted[1], epoch=scope.epoch
         )
