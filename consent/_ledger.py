@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from consent._tables import (
@@ -63,6 +63,7 @@ _events = ConsentEventRow.__table__  # type: ignore[attr-defined]
 
 CONSENT_KIND: Final = "consent"
 ERASURE_KIND: Final = "erasure"
+_CONSENT_CHANGES: Final = frozenset({CONSENT_KIND, ERASURE_KIND})  # kinds that move events
 
 
 def utc_now() -> datetime:
@@ -180,6 +181,8 @@ class Ledger:
                 origin=self.origin,
                 size=frontier.size,
                 frontier=b"".join(frontier.to_hashes()),
+                consent_generation=_state_t.c.consent_generation
+                + sum(1 for e in entries if e.kind in _CONSENT_CHANGES),
             )
         )
         if frontier.size > first or first == 0:
@@ -385,6 +388,15 @@ class Ledger:
     def states(self, pseudonym: str, *, now: datetime | None = None) -> list[ConsentState]:
         return states_of(self.events_of(pseudonym), now=now or self._now())
 
+    def consent_version(self) -> int:
+        """A number that goes up in the transaction of every consent record or erasure
+        (and never otherwise changes the events): equal numbers, equal decisions."""
+        with self.engine.connect() as connection:
+            found = connection.execute(
+                select(_state_t.c.consent_generation).where(_state_t.c.id == 1)
+            ).scalar_one_or_none()
+        return int(found or 0)
+
     def valid_subjects(
         self, *, purpose: str, recipient: str, now: datetime, need_channel: bool = False
     ) -> dict[str, tuple[Channel, ...]]:
@@ -395,6 +407,16 @@ class Ledger:
         the status of the latest is ``consent.model.status_of``'s. Rows are read as plain
         tuples: at a million subjects, per-row ORM processing would cost seconds.
         """
+        return self.valid_subjects_until(
+            purpose=purpose, recipient=recipient, now=now, need_channel=need_channel
+        )[0]
+
+    def valid_subjects_until(
+        self, *, purpose: str, recipient: str, now: datetime, need_channel: bool = False
+    ) -> tuple[dict[str, tuple[Channel, ...]], datetime | None]:
+        """``valid_subjects`` and the first moment after ``now`` at which the answer could
+        differ with no new event (an expiry, or an event collected in the future), or
+        None if time alone never changes it."""
         dialect = self.engine.dialect
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         sql = (
@@ -412,19 +434,25 @@ class Ledger:
         decided: dict[tuple[str, int, Any], bool] = {}
         channel_sets: dict[str, tuple[Channel, ...]] = {}
 
+        soonest: list[datetime] = []  # the earliest expiry still ahead, if any
+
         def collect(row: tuple[Any, ...]) -> None:
             external_id, _, event_type, version, channels, expires = row
             key = (event_type, version, expires)
             ok = decided.get(key)
             if ok is None:
+                expires_at = None if expires is None else to_time(expires)
                 status = status_of(
                     EventType(event_type),
                     purpose=purpose,
                     purpose_version=int(version),
-                    expires_at=None if expires is None else to_time(expires),
+                    expires_at=expires_at,
                     now=now,
                 )
                 ok = status is ConsentStatus.VALID
+                if expires_at is not None and expires_at > now:
+                    if not soonest or expires_at < soonest[0]:
+                        soonest[:] = [expires_at]
                 if len(decided) < 100_000:
                     decided[key] = ok
             if ok and (channels or not need_channel):
@@ -450,7 +478,16 @@ class Ledger:
                     previous = row
             if previous is not None:
                 collect(previous)
-        return valid
+            future = connection.execute(
+                select(func.min(_events.c.collected_at)).where(
+                    _events.c.purpose == purpose,
+                    _events.c.recipient.in_((recipient, ANY_RECIPIENT)),
+                    _events.c.collected_at > to_db_time(now),
+                )
+            ).scalar_one_or_none()
+        if future is not None:
+            soonest.append(from_db_time(future))
+        return valid, min(soonest, default=None)
 
     # --- erasure ------------------------------------------------------------------------
 

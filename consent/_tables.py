@@ -34,6 +34,11 @@ class LogStateRow(SQLModel, table=True):
     size: int = Field(sa_column=Column(BigInteger, nullable=False))
     # The frontier's hashes, 32 bytes each, concatenated (MerkleFrontier.to_hashes).
     frontier: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # Goes up with every append of consent events or erasures: equal numbers, the same
+    # consent decisions (Ledger.consent_version), whatever else the log gained.
+    consent_generation: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
 
 
 class EntryRow(SQLModel, table=True):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from sqlalchemy import Engine, func, insert, select, update
 
@@ -26,6 +26,7 @@ from kernel.errors import InvalidPoint
 from kernel.telemetry import tracer
 from node._agreements import AgreementStore, LocalAgreement
 from node._pool import BlindingPool
+from node._store import store_generation
 from node._tables import BlindUsageRow, CustomerRow, FlowRow, IdentifierRow, MatchRow
 from node.blinding import (
     EpochCache,
@@ -51,6 +52,7 @@ FLOW_KIND: Final = "flow"
 MAX_START_SKEW: Final = timedelta(minutes=5)
 ALL_CUSTOMERS: Final = "all"  # the built-in segment: every customer of the store
 _HANDLE_MAP_TTL: Final = timedelta(hours=1)
+_CONSENTED_CACHED: Final = 4  # consented sets kept (each costs ~150 bytes per identifier)
 STREAM_BATCH: Final = 8192  # tokens per streamed batch
 POOL_TASK: Final = 2048  # tokens per task of the blinding pool
 PIPELINE_DEPTH: Final = 4  # batches whose blinding is in flight at once
@@ -90,6 +92,24 @@ def _with_handles(
         offset += len(chunk)
 
 
+class _ConsentedKey(NamedTuple):
+    purpose: str
+    partner: str
+    need_channel: bool
+    kinds: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Consented:
+    """A consented set as read at ``read_at``, with the versions it was read at."""
+
+    versions: tuple[int, int]  # store generation, consent version
+    read_at: datetime
+    changes_at: datetime | None  # when time alone could change the answer
+    customers: int
+    pairs: list[tuple[int, bytes]]  # never mutated: flows shuffle a copy
+
+
 @dataclass(slots=True)
 class _HandleMap:
     owners: dict[bytes, int | None]
@@ -125,6 +145,9 @@ class FlowEngine:
         self._dummies: dict[KeyScope, list[bytes]] = {}
         self._handle_maps: dict[str, _HandleMap] = {}
         self._pending_matches: dict[str, list[list[bytes]]] = {}
+        # The last few consented sets (whole-store segments): a repeated flow in an epoch
+        # skips re-deciding every consent when nothing changed (docs/matching.md).
+        self._consented: dict[_ConsentedKey, _Consented] = {}
         self._lock = threading.Lock()  # guards caches, usage counts and handle maps
 
     def segment_members(self, segment_id: str) -> set[int] | None:
@@ -218,21 +241,52 @@ class FlowEngine:
         except FlowRefused as refusal:
             self.audit(flow, "refused", reason=refusal.reason)
             raise
-        consented = self._ledger.valid_subjects(
-            purpose=purpose,
-            recipient=partner,
-            now=now,
-            need_channel=agreement.output_mode is OutputMode.RELEASE and flow.role == "owner",
+        need_channel = agreement.output_mode is OutputMode.RELEASE and flow.role == "owner"
+        kinds = tuple(sorted(agreement.identifier_kinds))
+        key = _ConsentedKey(purpose, partner, need_channel, kinds)
+        if members is None:
+            cached = self._consented_hit(key, now)
+            if cached is not None:
+                return cached.customers, cached.pairs
+        versions = self._versions()
+        consented, changes_at = self._ledger.valid_subjects_until(
+            purpose=purpose, recipient=partner, now=now, need_channel=need_channel
         )
         pairs: list[tuple[int, bytes]] = []
         customers: set[int] = set()
-        for customer_id, external_id, point in self._identifier_rows(
-            list(agreement.identifier_kinds)
-        ):
+        for customer_id, external_id, point in self._identifier_rows(list(kinds)):
             if external_id in consented and (members is None or customer_id in members):
                 pairs.append((customer_id, point))
                 customers.add(customer_id)
+        # Keep the answer only if nothing changed while it was read (a change commits
+        # between the two reads: the versions differ and the next flow reads afresh).
+        if members is None and self._versions() == versions:
+            with self._lock:
+                self._consented.pop(key, None)
+                while len(self._consented) >= _CONSENTED_CACHED:
+                    del self._consented[next(iter(self._consented))]
+                self._consented[key] = _Consented(versions, now, changes_at, len(customers), pairs)
         return len(customers), pairs
+
+    def _versions(self) -> tuple[int, int]:
+        with self.engine.connect() as connection:
+            generation = store_generation(connection)
+        return generation, self._ledger.consent_version()
+
+    def _consented_hit(self, key: _ConsentedKey, now: datetime) -> _Consented | None:
+        """The consented set read for ``key`` by an earlier flow, if it is still the answer
+        at ``now``: no customer, identifier or consent event changed since, the clock has
+        not gone back before it was read, and no consent has expired or come into effect
+        in between."""
+        with self._lock:
+            cached = self._consented.get(key)
+        if cached is None or now < cached.read_at:
+            return None
+        if cached.changes_at is not None and now >= cached.changes_at:
+            return None
+        if self._versions() != cached.versions:
+            return None
+        return cached
 
     def _identifier_rows(self, kinds: list[str]) -> list[tuple[int, str, bytes]]:
         """(customer id, external id, point) of every identifier of ``kinds``, as tuples.

@@ -29,6 +29,7 @@ from typing import IO, Any, NamedTuple
 from sqlalchemy import Connection, Dialect, Engine, delete, update
 
 from kernel.telemetry import tracer
+from node._store import bump_store_generation
 from node._tables import CustomerRow, IdentifierRow, InterestRow, PurchaseRow
 from node.errors import ImportSourceError, InvalidRow
 from node.records import COLUMNS, CustomerRecord, parse_record
@@ -542,6 +543,8 @@ class _BulkWriter:
                     .values({**values, "record_digest": customer.digest, "updated_at": now})
                 )
         self._insert_children(connection, with_ids)
+        if with_ids:
+            bump_store_generation(connection)
         return len(new), len(changed), unchanged
 
     def _lookup(

@@ -8,13 +8,19 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Connection, Engine, delete, func, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
 from consent import migrate_ledger
 from kernel.db import create_db_engine, redacted
-from node._tables import CustomerRow, IdentifierRow, InterestRow, PurchaseRow
+from node._tables import (
+    CustomerRow,
+    IdentifierRow,
+    InterestRow,
+    PurchaseRow,
+    StoreGenerationRow,
+)
 from node.errors import AmbiguousSubject, CustomerNotFound, InvalidIdentifier, StoreError
 from node.normalize import normalize_email, normalize_phone
 
@@ -134,6 +140,27 @@ def find_customer(engine: Engine, subject: str, *, default_region: str) -> str:
     raise CustomerNotFound("no customer has that external id, e-mail or phone")
 
 
+_generation = StoreGenerationRow.__table__  # type: ignore[attr-defined]
+
+
+def bump_store_generation(connection: Connection) -> None:
+    """Mark, inside the caller's transaction, that customers or identifiers changed."""
+    connection.execute(
+        update(_generation)
+        .where(_generation.c.id == 1)
+        .values(generation=_generation.c.generation + 1)
+    )
+
+
+def store_generation(connection: Connection) -> int:
+    """The number ``bump_store_generation`` raises: equal numbers, the same customers."""
+    return int(
+        connection.execute(
+            select(_generation.c.generation).where(_generation.c.id == 1)
+        ).scalar_one()
+    )
+
+
 def delete_customer(engine: Engine, external_id: str) -> bool:
     """Delete a customer and everything stored about them (erasure); True if one existed."""
     with engine.begin() as connection:
@@ -145,4 +172,5 @@ def delete_customer(engine: Engine, external_id: str) -> bool:
         for table in (_identifiers, _interests, _purchases):
             connection.execute(delete(table).where(table.c.customer_id == customer_id))
         connection.execute(delete(_customers).where(_customers.c.id == customer_id))
+        bump_store_generation(connection)
     return True

@@ -10,6 +10,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Date,
@@ -235,6 +236,17 @@ class SegmentRow(SQLModel, table=True):
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
+class StoreGenerationRow(SQLModel, table=True):
+    """One row whose number goes up in every transaction that changes customers or their
+    identifiers (import, erasure): a flow's cached consented set is still the store's
+    while the number it was read at is (docs/matching.md, "What a repeat costs")."""
+
+    __tablename__ = "node_store_generation"
+
+    id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    generation: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 NODE_TABLES = (
     CustomerRow.__table__,  # type: ignore[attr-defined]
     IdentifierRow.__table__,  # type: ignore[attr-defined]
@@ -249,4 +261,5 @@ NODE_TABLES = (
     ReceivedRow.__table__,  # type: ignore[attr-defined]
     RevocationRow.__table__,  # type: ignore[attr-defined]
     SegmentRow.__table__,  # type: ignore[attr-defined]
+    StoreGenerationRow.__table__,  # type: ignore[attr-defined]
 )

@@ -181,12 +181,19 @@ def expected_valid(
 
 
 def check_parity(ledger: Ledger, externals: list[str], moments: list[datetime]) -> None:
+    """``valid_subjects`` answers what ``decide`` does at every moment, and the horizon
+    ``valid_subjects_until`` gives holds: no moment before it has another answer."""
+    answers: dict[tuple[str, str, bool], list[tuple[datetime, Any, datetime | None]]] = {}
     for now in moments:
         for purpose_id in (CROSS_SELL, DIRECT):
             for recipient in RECIPIENTS:
                 for need_channel in (False, True):
-                    found = ledger.valid_subjects(
+                    found, until = ledger.valid_subjects_until(
                         purpose=purpose_id, recipient=recipient, now=now, need_channel=need_channel
+                    )
+                    assert until is None or until > now
+                    answers.setdefault((purpose_id, recipient, need_channel), []).append(
+                        (now, found, until)
                     )
                     wanted = expected_valid(
                         ledger,
@@ -197,6 +204,11 @@ def check_parity(ledger: Ledger, externals: list[str], moments: list[datetime]) 
                         need_channel=need_channel,
                     )
                     assert found == wanted, (now, purpose_id, recipient, need_channel)
+    for question, seen in answers.items():
+        for asked_at, found, until in seen:
+            for other_at, other, _ in seen:
+                if asked_at <= other_at and (until is None or other_at < until):
+                    assert other == found, (question, asked_at, other_at, until)
 
 
 # --- recording ---------------------------------------------------------------------------
@@ -775,7 +787,10 @@ def test_valid_subjects_agrees_with_decide_over_each_history(
             ledger = open_ledger(engine, key, Clock(CLOCK))
             # What each live subject recorded since it was last erased (an independent model).
             live: dict[str, list[ConsentEvent]] = {}
+            versions = [ledger.consent_version()]  # after each op that changed the events
             for op in ops:
+                if ledger.consent_version() != versions[-1]:
+                    versions.append(ledger.consent_version())
                 if isinstance(op, tuple):
                     _, external_id = op
                     if external_id in live:
@@ -789,6 +804,10 @@ def test_valid_subjects_agrees_with_decide_over_each_history(
                 assert [e.event_id for e in recorded] == [e.event_id for _, e in op]
                 for (external_id, _), event in zip(op, recorded, strict=True):
                     live.setdefault(external_id, []).append(event)
+            # Every change of the events (a record, an erasure) gave a version never seen.
+            if versions[-1] != ledger.consent_version():
+                versions.append(ledger.consent_version())
+            assert len(set(versions)) == len(versions), versions
             for external_id in EXTERNALS:
                 if external_id in live:
                     pseudonym = ledger.pseudonym_for(external_id)

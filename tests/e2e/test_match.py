@@ -7,6 +7,7 @@ exactly what a broker would receive.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -122,6 +123,29 @@ def test_consent_is_decided_at_flow_time(running: Running) -> None:
     after = request_audience(running.stub(RECIPIENT), agreement_id)
     assert after.summary.match.matched_customers == before.summary.match.matched_customers - 1
     running.world.stores[OWNER].consented.discard(person)
+
+
+def test_a_repeated_flow_sees_a_store_change(running: Running) -> None:
+    """The node reuses its consented set between flows only while no customer, identifier
+    or consent changed: a re-import that replaces a matched customer's identifiers (from
+    another process, while the node serves) shows in the very next flow."""
+    agreement_id = running.agreement()
+    owner = running.world.stores[OWNER]
+    recipient = running.world.stores[RECIPIENT]
+    person = max(owner.consented & recipient.consented & owner.truth.valid_people
+                 & recipient.truth.valid_people)  # fmt: skip
+    before = request_audience(running.stub(RECIPIENT), agreement_id)
+    cached = request_audience(running.stub(RECIPIENT), agreement_id)
+    assert cached.summary.match.matched_customers == before.summary.match.matched_customers
+    changed = running.world.root / "changed.csv"
+    changed.write_text(
+        f"external_id,email\n{recipient.truth.external_ids[person]},moved-{person}@example.net\n"
+    )
+    imported = accord("node", "import", str(changed), "--db", str(recipient.db), "--json")
+    assert json.loads(imported.stdout)["updated"] == 1
+    after = request_audience(running.stub(RECIPIENT), agreement_id)
+    assert after.summary.match.matched_customers == before.summary.match.matched_customers - 1
+    running.world.stores[RECIPIENT].consented.discard(person)
 
 
 # --- who learns what ------------------------------------------------------------------------
