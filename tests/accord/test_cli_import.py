@@ -106,8 +106,13 @@ def test_a_crash_mid_import_leaves_the_store_consistent_and_a_rerun_completes(
     customers = CustomerRow.__table__  # type: ignore[attr-defined]
     args = ["node", "import", str(truth.path), "--db", url_arg(db_url), "--batch-size", "200",
             "--json"]  # fmt: skip
+    # A session of its own, so the kill takes the import's forkserver and workers with it
+    # (as a machine crash would) instead of leaving them behind after the suite.
     with subprocess.Popen(
-        [*ACCORD, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*ACCORD, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     ) as process:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -117,7 +122,7 @@ def test_a_crash_mid_import_leaves_the_store_consistent_and_a_rerun_completes(
                     break
             except Exception:  # the schema may not exist yet
                 continue
-        process.send_signal(signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)
     partial = count(db_url, customers)
     assert 0 < partial < len(truth.valid_people), "the kill should land mid-import"
     # Every committed customer has all its identifiers: batches are atomic.
