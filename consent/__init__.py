@@ -4,7 +4,7 @@ Public surface; everything else is machinery. docs/consent.md and docs/audit-log
 describe the design.
 """
 
-from consent._ledger import ErasureResult, Ledger, NewEntry, utc_now
+from consent._ledger import ConsentPosition, ErasureResult, Ledger, NewEntry, utc_now
 from consent._store import migrate_ledger
 from consent._verify import VerifyReport, verify_log
 from consent.model import (
@@ -32,6 +32,7 @@ __all__ = [
     "CheckedEntry",
     "CollectionMethod",
     "ConsentEvent",
+    "ConsentPosition",
     "ConsentState",
     "ConsentStatus",
     "ErasureResult",

@@ -9,12 +9,12 @@ head and state move together or not at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from consent._tables import (
@@ -52,7 +52,7 @@ from consent.records import (
 from kernel.crypto import SALT_SIZE, SigningKey, canonical_json, random_bytes, sha256
 from kernel.db import insert_rows
 
-__all__ = ["ErasureResult", "Ledger", "NewEntry", "utc_now"]
+__all__ = ["ConsentPosition", "ErasureResult", "Ledger", "NewEntry", "utc_now"]
 
 _state_t = LogStateRow.__table__  # type: ignore[attr-defined]
 _entries = EntryRow.__table__  # type: ignore[attr-defined]
@@ -86,6 +86,14 @@ class NewEntry:
     kind: str
     record: bytes
     subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentPosition:
+    """``version``: see ``Ledger.consent_version``; ``log_size``: the log's size then."""
+
+    version: int
+    log_size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,11 +399,38 @@ class Ledger:
     def consent_version(self) -> int:
         """A number that goes up in the transaction of every consent record or erasure
         (and never otherwise changes the events): equal numbers, equal decisions."""
+        return self.consent_position().version
+
+    def consent_position(self) -> ConsentPosition:
+        """The consent version and the log's size, read together."""
         with self.engine.connect() as connection:
             found = connection.execute(
-                select(_state_t.c.consent_generation).where(_state_t.c.id == 1)
-            ).scalar_one_or_none()
-        return int(found or 0)
+                select(_state_t.c.consent_generation, _state_t.c.size).where(_state_t.c.id == 1)
+            ).one_or_none()
+        if found is None:
+            return ConsentPosition(0, 0)
+        return ConsentPosition(int(found.consent_generation), int(found.size))
+
+    def subjects_changed_since(self, log_size: int) -> set[str] | None:
+        """External ids of the subjects with a consent event at leaf ``log_size`` or later,
+        or None when a subject was erased since (whom, the log no longer says). Leaves
+        below a size the state row showed are committed: appends hold its lock."""
+        with self.engine.connect() as connection:
+            erased = connection.execute(
+                select(_entries.c.leaf_index)
+                .where(_entries.c.leaf_index >= log_size, _entries.c.kind == ERASURE_KIND)
+                .limit(1)
+            ).first()
+            if erased is not None:
+                return None
+            return set(
+                connection.execute(
+                    select(_subjects.c.external_id)
+                    .join(_events, _events.c.subject == _subjects.c.pseudonym)
+                    .where(_events.c.leaf_index >= log_size, _subjects.c.external_id.is_not(None))
+                    .distinct()
+                ).scalars()
+            )
 
     def valid_subjects(
         self, *, purpose: str, recipient: str, now: datetime, need_channel: bool = False
@@ -412,82 +447,60 @@ class Ledger:
         )[0]
 
     def valid_subjects_until(
-        self, *, purpose: str, recipient: str, now: datetime, need_channel: bool = False
+        self,
+        *,
+        purpose: str,
+        recipient: str,
+        now: datetime,
+        need_channel: bool = False,
+        subjects: Collection[str] | None = None,
     ) -> tuple[dict[str, tuple[Channel, ...]], datetime | None]:
         """``valid_subjects`` and the first moment after ``now`` at which the answer could
         differ with no new event (an expiry, or an event collected in the future), or
-        None if time alone never changes it."""
+        None if time alone never changes it. With ``subjects`` (external ids), only those
+        are decided, and only their events set that moment."""
         dialect = self.engine.dialect
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
-        sql = (
+        condition = (
+            f"e.purpose = {mark} AND (e.recipient = {mark} OR e.recipient = {mark}) "
+            f"AND e.collected_at {{}} {mark}"
+        )
+        decisions = (
             "SELECT s.external_id, e.subject, e.event_type, e.purpose_version, e.channels, "
             "e.expires_at FROM consent_events e "
             "JOIN consent_subjects s ON s.pseudonym = e.subject "
-            f"WHERE e.purpose = {mark} AND (e.recipient = {mark} OR e.recipient = {mark}) "
-            f"AND e.collected_at <= {mark} AND s.external_id IS NOT NULL "
+            f"WHERE {condition.format('<=')} AND s.external_id IS NOT NULL{{}} "
             "ORDER BY e.subject, e.collected_at, e.leaf_index"
         )
-        to_time = _time_reader(dialect.name)
+        future = f"SELECT min(e.collected_at) FROM consent_events e WHERE {condition.format('>')}"
         bound_now = _time_binder(self.engine)(to_db_time(now))
-        valid: dict[str, tuple[Channel, ...]] = {}
-        # Many subjects share a decision's inputs and a channel list: decide each once.
-        decided: dict[tuple[str, int, Any], bool] = {}
-        channel_sets: dict[str, tuple[Channel, ...]] = {}
-
-        soonest: list[datetime] = []  # the earliest expiry still ahead, if any
-
-        def collect(row: tuple[Any, ...]) -> None:
-            external_id, _, event_type, version, channels, expires = row
-            key = (event_type, version, expires)
-            ok = decided.get(key)
-            if ok is None:
-                expires_at = None if expires is None else to_time(expires)
-                status = status_of(
-                    EventType(event_type),
-                    purpose=purpose,
-                    purpose_version=int(version),
-                    expires_at=expires_at,
-                    now=now,
-                )
-                ok = status is ConsentStatus.VALID
-                if expires_at is not None and expires_at > now:
-                    if not soonest or expires_at < soonest[0]:
-                        soonest[:] = [expires_at]
-                if len(decided) < 100_000:
-                    decided[key] = ok
-            if ok and (channels or not need_channel):
-                accepted = channel_sets.get(channels)
-                if accepted is None:
-                    accepted = channel_sets[channels] = tuple(
-                        Channel(c) for c in channels.split(",") if c
-                    )
-                valid[external_id] = accepted
-
+        decider = _SubjectDecider(
+            purpose=purpose, now=now, need_channel=need_channel, to_time=_time_reader(dialect.name)
+        )
+        parameters: tuple[Any, ...] = (purpose, recipient, ANY_RECIPIENT, bound_now)
         with self.engine.connect() as connection:
-            cursor = connection.exec_driver_sql(
-                sql, (purpose, recipient, ANY_RECIPIENT, bound_now)
-            ).cursor
-            previous: tuple[Any, ...] | None = None
-            while True:
-                rows = cursor.fetchmany(20_000)
-                if not rows:
-                    break
-                for row in rows:
-                    if previous is not None and row[1] != previous[1]:
-                        collect(previous)
-                    previous = row
-            if previous is not None:
-                collect(previous)
-            future = connection.execute(
-                select(func.min(_events.c.collected_at)).where(
-                    _events.c.purpose == purpose,
-                    _events.c.recipient.in_((recipient, ANY_RECIPIENT)),
-                    _events.c.collected_at > to_db_time(now),
-                )
-            ).scalar_one_or_none()
-        if future is not None:
-            soonest.append(from_db_time(future))
-        return valid, min(soonest, default=None)
+            if subjects is None:
+                decider.feed(connection.exec_driver_sql(decisions.format(""), parameters).cursor)
+                decider.future(connection.exec_driver_sql(future, parameters).scalar())
+            else:
+                wanted = sorted(set(subjects))
+                for start in range(0, len(wanted), _SUBSET_CHUNK):
+                    chunk = tuple(wanted[start : start + _SUBSET_CHUNK])
+                    among = f" AND s.external_id IN ({', '.join(mark for _ in chunk)})"
+                    decider.feed(
+                        connection.exec_driver_sql(
+                            decisions.format(among), parameters + chunk
+                        ).cursor
+                    )
+                    decider.future(
+                        connection.exec_driver_sql(
+                            future + f" AND e.subject IN (SELECT s.pseudonym FROM "
+                            f"consent_subjects s WHERE s.external_id IN "
+                            f"({', '.join(mark for _ in chunk)}))",
+                            parameters + chunk,
+                        ).scalar()
+                    )
+        return decider.valid, decider.horizon
 
     # --- erasure ------------------------------------------------------------------------
 
@@ -579,6 +592,80 @@ class Ledger:
         with self.engine.connect() as connection:
             for row in connection.execute(select(_heads).order_by(_heads.c.tree_size)):
                 yield _head_from_row(row)
+
+
+_SUBSET_CHUNK: Final = 500  # external ids per IN (...) when deciding a few subjects
+
+
+class _SubjectDecider:
+    """Decides each subject from its candidate events in decision order (the last one is
+    the latest), keeping the earliest expiry still ahead."""
+
+    def __init__(
+        self, *, purpose: str, now: datetime, need_channel: bool, to_time: Callable[[Any], datetime]
+    ) -> None:
+        self._purpose = purpose
+        self._now = now
+        self._need_channel = need_channel
+        self._to_time = to_time
+        self.valid: dict[str, tuple[Channel, ...]] = {}
+        self._soonest: datetime | None = None
+        # Many subjects share a decision's inputs and a channel list: decide each once.
+        self._decided: dict[tuple[str, int, Any], bool] = {}
+        self._channel_sets: dict[str, tuple[Channel, ...]] = {}
+
+    @property
+    def horizon(self) -> datetime | None:
+        return self._soonest
+
+    def future(self, collected: Any) -> None:
+        """An event collected after ``now`` changes the answer when its time comes."""
+        if collected is not None:
+            self._ahead(self._to_time(collected))
+
+    def _ahead(self, moment: datetime) -> None:
+        if self._soonest is None or moment < self._soonest:
+            self._soonest = moment
+
+    def feed(self, cursor: Any) -> None:
+        """Rows (external id, subject, type, version, channels, expiry) in decision order."""
+        previous: tuple[Any, ...] | None = None
+        while True:
+            rows = cursor.fetchmany(20_000)
+            if not rows:
+                break
+            for row in rows:
+                if previous is not None and row[1] != previous[1]:
+                    self._collect(previous)
+                previous = row
+        if previous is not None:
+            self._collect(previous)
+
+    def _collect(self, row: tuple[Any, ...]) -> None:
+        external_id, _, event_type, version, channels, expires = row
+        key = (event_type, version, expires)
+        ok = self._decided.get(key)
+        if ok is None:
+            expires_at = None if expires is None else self._to_time(expires)
+            status = status_of(
+                EventType(event_type),
+                purpose=self._purpose,
+                purpose_version=int(version),
+                expires_at=expires_at,
+                now=self._now,
+            )
+            ok = status is ConsentStatus.VALID
+            if expires_at is not None and expires_at > self._now:
+                self._ahead(expires_at)
+            if len(self._decided) < 100_000:
+                self._decided[key] = ok
+        if ok and (channels or not self._need_channel):
+            accepted = self._channel_sets.get(channels)
+            if accepted is None:
+                accepted = self._channel_sets[channels] = tuple(
+                    Channel(c) for c in channels.split(",") if c
+                )
+            self.valid[external_id] = accepted
 
 
 def _time_reader(backend: str) -> Callable[[Any], datetime]:

@@ -17,7 +17,7 @@ from typing import Any, Final, NamedTuple
 
 from sqlalchemy import Engine, func, insert, select, update
 
-from consent import Ledger, NewEntry
+from consent import ConsentPosition, Ledger, NewEntry
 from consent.agreements import Agreement, OutputMode, SignedAgreement
 from consent.errors import AgreementInactive, InvalidAgreement
 from kernel.crypto import blinding_secret, canonical_json
@@ -26,7 +26,7 @@ from kernel.errors import InvalidPoint
 from kernel.telemetry import tracer
 from node._agreements import AgreementStore, LocalAgreement
 from node._pool import BlindingPool
-from node._store import store_generation
+from node._store import StoreGeneration, store_generation
 from node._tables import BlindUsageRow, CustomerRow, FlowRow, IdentifierRow, MatchRow
 from node.blinding import (
     EpochCache,
@@ -53,6 +53,10 @@ MAX_START_SKEW: Final = timedelta(minutes=5)
 ALL_CUSTOMERS: Final = "all"  # the built-in segment: every customer of the store
 _HANDLE_MAP_TTL: Final = timedelta(hours=1)
 _CONSENTED_CACHED: Final = 4  # consented sets kept (each costs ~150 bytes per identifier)
+# Past this share of changed customers (and this many), re-reading the whole set is cheaper.
+_PATCH_SHARE: Final = 0.2
+_PATCH_ALWAYS: Final = 1_000
+_ID_CHUNK: Final = 500  # ids per IN (...)
 STREAM_BATCH: Final = 8192  # tokens per streamed batch
 POOL_TASK: Final = 2048  # tokens per task of the blinding pool
 PIPELINE_DEPTH: Final = 4  # batches whose blinding is in flight at once
@@ -99,11 +103,26 @@ class _ConsentedKey(NamedTuple):
     kinds: tuple[str, ...]
 
 
+class _Position(NamedTuple):
+    """Where the store and the consent events stood when a consented set was read."""
+
+    store: StoreGeneration
+    consent: ConsentPosition
+
+    def same_answer(self, other: _Position) -> bool:
+        """No customer, identifier or consent event changed between the two (flows append
+        audit entries too, so the log's size alone says nothing)."""
+        return (
+            self.store.generation == other.store.generation
+            and self.consent.version == other.consent.version
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class _Consented:
-    """A consented set as read at ``read_at``, with the versions it was read at."""
+    """A consented set as read at ``read_at``, with the position it was read at."""
 
-    versions: tuple[int, int]  # store generation, consent version
+    position: _Position
     read_at: datetime
     changes_at: datetime | None  # when time alone could change the answer
     customers: int
@@ -114,6 +133,14 @@ class _Consented:
 class _HandleMap:
     owners: dict[bytes, int | None]
     created: datetime
+
+
+def _still_timely(cached: _Consented, now: datetime) -> bool:
+    """Time alone has not changed ``cached`` by ``now``: the clock has not gone back before
+    it was read, and no consent has expired or come into effect in between."""
+    if now < cached.read_at:
+        return False
+    return cached.changes_at is None or now < cached.changes_at
 
 
 class FlowEngine:
@@ -242,54 +269,118 @@ class FlowEngine:
             self.audit(flow, "refused", reason=refusal.reason)
             raise
         need_channel = agreement.output_mode is OutputMode.RELEASE and flow.role == "owner"
-        kinds = tuple(sorted(agreement.identifier_kinds))
-        key = _ConsentedKey(purpose, partner, need_channel, kinds)
-        if members is None:
-            cached = self._consented_hit(key, now)
-            if cached is not None:
-                return cached.customers, cached.pairs
-        versions = self._versions()
-        consented, changes_at = self._ledger.valid_subjects_until(
-            purpose=purpose, recipient=partner, now=now, need_channel=need_channel
+        key = _ConsentedKey(
+            purpose, partner, need_channel, tuple(sorted(agreement.identifier_kinds))
         )
-        pairs: list[tuple[int, bytes]] = []
-        customers: set[int] = set()
-        for customer_id, external_id, point in self._identifier_rows(list(kinds)):
-            if external_id in consented and (members is None or customer_id in members):
-                pairs.append((customer_id, point))
-                customers.add(customer_id)
+        if members is not None:
+            customers, pairs, _ = self._read_consented(key, now, members)
+            return customers, pairs
+        with self._lock:
+            cached = self._consented.get(key)
+        position = self._position()
+        found: _Consented | None = None
+        if cached is not None and _still_timely(cached, now):
+            if position.same_answer(cached.position):
+                return cached.customers, cached.pairs
+            found = self._patched(key, cached, position, now)
+        if found is None:
+            customers, pairs, changes_at = self._read_consented(key, now, None)
+            found = _Consented(position, now, changes_at, customers, pairs)
         # Keep the answer only if nothing changed while it was read (a change commits
-        # between the two reads: the versions differ and the next flow reads afresh).
-        if members is None and self._versions() == versions:
+        # between the two reads: the positions differ and the next flow reads afresh).
+        if self._position().same_answer(position):
             with self._lock:
                 self._consented.pop(key, None)
                 while len(self._consented) >= _CONSENTED_CACHED:
                     del self._consented[next(iter(self._consented))]
-                self._consented[key] = _Consented(versions, now, changes_at, len(customers), pairs)
-        return len(customers), pairs
+                self._consented[key] = found
+        return found.customers, found.pairs
 
-    def _versions(self) -> tuple[int, int]:
+    def _read_consented(
+        self, key: _ConsentedKey, now: datetime, members: set[int] | None
+    ) -> tuple[int, list[tuple[int, bytes]], datetime | None]:
+        """The whole consented set (of ``members``, if given), read afresh."""
+        consented, changes_at = self._ledger.valid_subjects_until(
+            purpose=key.purpose, recipient=key.partner, now=now, need_channel=key.need_channel
+        )
+        pairs: list[tuple[int, bytes]] = []
+        customers: set[int] = set()
+        for customer_id, external_id, point in self._identifier_rows(list(key.kinds)):
+            if external_id in consented and (members is None or customer_id in members):
+                pairs.append((customer_id, point))
+                customers.add(customer_id)
+        return len(customers), pairs, changes_at
+
+    def _patched(
+        self, key: _ConsentedKey, cached: _Consented, position: _Position, now: datetime
+    ) -> _Consented | None:
+        """``cached`` brought up to ``position`` by re-deciding only the customers changed
+        since (imported or changed, or with a new consent event); None when that cannot
+        be told (a customer deleted or a subject erased since) or would cost more than
+        reading everything."""
+        if position.store.deleted_generation > cached.position.store.generation:
+            return None
+        subjects = self._ledger.subjects_changed_since(cached.position.consent.log_size)
+        if subjects is None:
+            return None
+        limit = max(cached.customers * _PATCH_SHARE, _PATCH_ALWAYS)
+        if len(subjects) > limit:
+            return None
+        changed = self._customers_changed(cached.position.store.generation, subjects)
+        if len(changed) > limit:
+            return None
+        consented, horizon = self._ledger.valid_subjects_until(
+            purpose=key.purpose,
+            recipient=key.partner,
+            now=now,
+            need_channel=key.need_channel,
+            subjects=set(changed.values()),
+        )
+        kept = [pair for pair in cached.pairs if pair[0] not in changed]
+        removed = len({pair[0] for pair in cached.pairs if pair[0] in changed})
+        added: set[int] = set()
+        for customer_id, external_id, point in self._identifier_rows(
+            list(key.kinds), customers=list(changed)
+        ):
+            if external_id in consented:
+                kept.append((customer_id, point))
+                added.add(customer_id)
+        moments = [m for m in (cached.changes_at, horizon) if m is not None]
+        return _Consented(
+            position, now, min(moments, default=None), cached.customers - removed + len(added), kept
+        )
+
+    def _customers_changed(self, since: int, subjects: set[str]) -> dict[int, str]:
+        """Customer id → external id of every customer written after store generation
+        ``since`` or among ``subjects`` (external ids)."""
+        changed: dict[int, str] = {}
         with self.engine.connect() as connection:
-            generation = store_generation(connection)
-        return generation, self._ledger.consent_version()
+            for customer_id, external_id in connection.execute(
+                select(_customers.c.id, _customers.c.external_id).where(
+                    _customers.c.changed_generation > since
+                )
+            ):
+                changed[customer_id] = external_id
+            wanted = sorted(subjects)
+            for start in range(0, len(wanted), _ID_CHUNK):
+                for customer_id, external_id in connection.execute(
+                    select(_customers.c.id, _customers.c.external_id).where(
+                        _customers.c.external_id.in_(wanted[start : start + _ID_CHUNK])
+                    )
+                ):
+                    changed[customer_id] = external_id
+        return changed
 
-    def _consented_hit(self, key: _ConsentedKey, now: datetime) -> _Consented | None:
-        """The consented set read for ``key`` by an earlier flow, if it is still the answer
-        at ``now``: no customer, identifier or consent event changed since, the clock has
-        not gone back before it was read, and no consent has expired or come into effect
-        in between."""
-        with self._lock:
-            cached = self._consented.get(key)
-        if cached is None or now < cached.read_at:
-            return None
-        if cached.changes_at is not None and now >= cached.changes_at:
-            return None
-        if self._versions() != cached.versions:
-            return None
-        return cached
+    def _position(self) -> _Position:
+        with self.engine.connect() as connection:
+            store = store_generation(connection)
+        return _Position(store, self._ledger.consent_position())
 
-    def _identifier_rows(self, kinds: list[str]) -> list[tuple[int, str, bytes]]:
-        """(customer id, external id, point) of every identifier of ``kinds``, as tuples.
+    def _identifier_rows(
+        self, kinds: list[str], *, customers: list[int] | None = None
+    ) -> list[tuple[int, str, bytes]]:
+        """(customer id, external id, point) of every identifier of ``kinds`` (of
+        ``customers``, if given), as tuples.
 
         Plain driver tuples: a million rows through the ORM would cost seconds of every
         flow. On SQLite the join is written to walk customers and then their identifiers
@@ -303,9 +394,17 @@ class FlowEngine:
             f"SELECT c.id, c.external_id, i.point FROM customers c {join} identifiers i "
             f"ON i.customer_id = c.id WHERE i.kind IN ({', '.join(mark for _ in kinds)})"
         )
+        rows: list[tuple[int, str, bytes]] = []
         with self.engine.connect() as connection:
-            cursor = connection.exec_driver_sql(sql, tuple(kinds)).cursor
-            rows: list[tuple[int, str, bytes]] = list(cursor.fetchall())
+            if customers is None:
+                rows.extend(connection.exec_driver_sql(sql, tuple(kinds)).cursor.fetchall())
+                return rows
+            for start in range(0, len(customers), _ID_CHUNK):
+                chunk = tuple(customers[start : start + _ID_CHUNK])
+                among = f" AND c.id IN ({', '.join(mark for _ in chunk)})"
+                rows.extend(
+                    connection.exec_driver_sql(sql + among, (*kinds, *chunk)).cursor.fetchall()
+                )
         return rows
 
     def blind_own_set(self, flow: FlowContext) -> OwnSet:

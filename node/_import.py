@@ -488,7 +488,14 @@ class _BulkWriter:
             return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
 
         self._insert_customers = statement(
-            _customers, (*_CUSTOMER_COLUMNS, "record_digest", "created_at", "updated_at")
+            _customers,
+            (
+                *_CUSTOMER_COLUMNS,
+                "record_digest",
+                "created_at",
+                "updated_at",
+                "changed_generation",
+            ),
         )
         self._insert_identifiers = statement(
             _identifiers, ("customer_id", "kind", "value", "point")
@@ -516,12 +523,16 @@ class _BulkWriter:
                 unchanged += 1
             else:
                 changed.append((found[0], customer))
+        if not new and not changed:
+            return 0, 0, unchanged
+        # Raised first: every row this batch writes carries the batch's generation.
+        generation = bump_store_generation(connection)
         stamp = self._timestamp(now)
         with_ids: list[tuple[int, PreparedCustomer]] = list(changed)
         if new:
             connection.exec_driver_sql(
                 self._insert_customers,
-                [(c.external_id, *c.attributes, c.digest, stamp, stamp) for c in new],
+                [(c.external_id, *c.attributes, c.digest, stamp, stamp, generation) for c in new],
             )
             ids = self._lookup(connection, [c.external_id for c in new])
             with_ids.extend((ids[c.external_id][0], c) for c in new)
@@ -540,11 +551,16 @@ class _BulkWriter:
                 connection.execute(
                     update(_customers)
                     .where(_customers.c.id == cid)
-                    .values({**values, "record_digest": customer.digest, "updated_at": now})
+                    .values(
+                        {
+                            **values,
+                            "record_digest": customer.digest,
+                            "updated_at": now,
+                            "changed_generation": generation,
+                        }
+                    )
                 )
         self._insert_children(connection, with_ids)
-        if with_ids:
-            bump_store_generation(connection)
         return len(new), len(changed), unchanged
 
     def _lookup(

@@ -143,22 +143,33 @@ def find_customer(engine: Engine, subject: str, *, default_region: str) -> str:
 _generation = StoreGenerationRow.__table__  # type: ignore[attr-defined]
 
 
-def bump_store_generation(connection: Connection) -> None:
-    """Mark, inside the caller's transaction, that customers or identifiers changed."""
-    connection.execute(
-        update(_generation)
-        .where(_generation.c.id == 1)
-        .values(generation=_generation.c.generation + 1)
-    )
+def bump_store_generation(connection: Connection, *, deletion: bool = False) -> int:
+    """Raise the store generation inside the caller's transaction and return it; rows the
+    transaction inserts or changes carry it as ``changed_generation``. The row lock
+    (SQLite: the write lock) keeps generations in commit order."""
+    raised = {"generation": _generation.c.generation + 1}
+    if deletion:
+        raised["deleted_generation"] = _generation.c.generation + 1
+    connection.execute(update(_generation).where(_generation.c.id == 1).values(raised))
+    return store_generation(connection).generation
 
 
-def store_generation(connection: Connection) -> int:
-    """The number ``bump_store_generation`` raises: equal numbers, the same customers."""
-    return int(
-        connection.execute(
-            select(_generation.c.generation).where(_generation.c.id == 1)
-        ).scalar_one()
-    )
+@dataclass(frozen=True, slots=True)
+class StoreGeneration:
+    """``generation``: equal numbers, the same customers and identifiers.
+    ``deleted_generation``: the generation of the last deletion of a customer."""
+
+    generation: int
+    deleted_generation: int
+
+
+def store_generation(connection: Connection) -> StoreGeneration:
+    row = connection.execute(
+        select(_generation.c.generation, _generation.c.deleted_generation).where(
+            _generation.c.id == 1
+        )
+    ).one()
+    return StoreGeneration(int(row.generation), int(row.deleted_generation))
 
 
 def delete_customer(engine: Engine, external_id: str) -> bool:
@@ -172,5 +183,5 @@ def delete_customer(engine: Engine, external_id: str) -> bool:
         for table in (_identifiers, _interests, _purchases):
             connection.execute(delete(table).where(table.c.customer_id == customer_id))
         connection.execute(delete(_customers).where(_customers.c.id == customer_id))
-        bump_store_generation(connection)
+        bump_store_generation(connection, deletion=True)
     return True

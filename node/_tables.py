@@ -31,6 +31,8 @@ import kernel.db  # noqa: F401  (sets the shared naming convention before tables
 
 class CustomerRow(SQLModel, table=True):
     __tablename__ = "customers"
+    # A flow that cached its consented set re-reads only the customers changed since.
+    __table_args__ = (Index("ix_customers_changed_generation", "changed_generation"),)
 
     id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True))
     external_id: str = Field(sa_column=Column(String(128), nullable=False, unique=True))
@@ -49,6 +51,10 @@ class CustomerRow(SQLModel, table=True):
     record_digest: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    # The store generation of the import batch that last inserted or changed the row.
+    changed_generation: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
 
 
 class IdentifierRow(SQLModel, table=True):
@@ -239,12 +245,15 @@ class SegmentRow(SQLModel, table=True):
 class StoreGenerationRow(SQLModel, table=True):
     """One row whose number goes up in every transaction that changes customers or their
     identifiers (import, erasure): a flow's cached consented set is still the store's
-    while the number it was read at is (docs/matching.md, "What a repeat costs")."""
+    while the number it was read at is, and needs only the customers whose
+    ``changed_generation`` is newer while no customer was deleted since
+    (docs/matching.md, "What a repeat costs")."""
 
     __tablename__ = "node_store_generation"
 
     id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     generation: int = Field(sa_column=Column(BigInteger, nullable=False))
+    deleted_generation: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
 NODE_TABLES = (

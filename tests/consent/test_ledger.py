@@ -183,7 +183,7 @@ def expected_valid(
 def check_parity(ledger: Ledger, externals: list[str], moments: list[datetime]) -> None:
     """``valid_subjects`` answers what ``decide`` does at every moment, and the horizon
     ``valid_subjects_until`` gives holds: no moment before it has another answer."""
-    answers: dict[tuple[str, str, bool], list[tuple[datetime, Any, datetime | None]]] = {}
+    answers: dict[tuple[Any, ...], list[tuple[datetime, Any, datetime | None]]] = {}
     for now in moments:
         for purpose_id in (CROSS_SELL, DIRECT):
             for recipient in RECIPIENTS:
@@ -204,6 +204,21 @@ def check_parity(ledger: Ledger, externals: list[str], moments: list[datetime]) 
                         need_channel=need_channel,
                     )
                     assert found == wanted, (now, purpose_id, recipient, need_channel)
+                    # Deciding a few subjects answers as the whole does for them, and their
+                    # horizon is never earlier than the whole's.
+                    for few in (externals[::2], externals[-1:]):
+                        part, part_until = ledger.valid_subjects_until(
+                            purpose=purpose_id,
+                            recipient=recipient,
+                            now=now,
+                            need_channel=need_channel,
+                            subjects=few,
+                        )
+                        assert part == {k: v for k, v in found.items() if k in few}
+                        assert part_until is None or (until is not None and part_until >= until)
+                        answers.setdefault((purpose_id, recipient, need_channel, *few), []).append(
+                            (now, part, part_until)
+                        )
     for question, seen in answers.items():
         for asked_at, found, until in seen:
             for other_at, other, _ in seen:
@@ -791,16 +806,25 @@ def test_valid_subjects_agrees_with_decide_over_each_history(
             for op in ops:
                 if ledger.consent_version() != versions[-1]:
                     versions.append(ledger.consent_version())
+                before = ledger.consent_position()
                 if isinstance(op, tuple):
                     _, external_id = op
                     if external_id in live:
                         erased = ledger.erase(external_id, actor="dpo", reason="request")
                         assert erased.erased_entries == len(live.pop(external_id))
+                        # Whom the erasure touched, the log no longer says.
+                        assert ledger.subjects_changed_since(before.log_size) is None
                     else:
                         with pytest.raises(SubjectNotFound):
                             ledger.erase(external_id, actor="dpo", reason="request")
                     continue
                 recorded = ledger.record(op)
+                # The subjects whose events this record appended, and no others.
+                assert ledger.subjects_changed_since(before.log_size) == {
+                    external_id
+                    for (external_id, _), event in zip(op, recorded, strict=True)
+                    if event.leaf_index >= before.log_size
+                }
                 assert [e.event_id for e in recorded] == [e.event_id for _, e in op]
                 for (external_id, _), event in zip(op, recorded, strict=True):
                     live.setdefault(external_id, []).append(event)
