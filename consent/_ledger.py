@@ -423,12 +423,14 @@ class Ledger:
             ).first()
             if erased is not None:
                 return None
+            # Subjects of the new leaves, not subjects joined to events: the planner then
+            # walks only the leaves since ``log_size``.
+            recent = select(_events.c.subject).where(_events.c.leaf_index >= log_size)
             return set(
                 connection.execute(
-                    select(_subjects.c.external_id)
-                    .join(_events, _events.c.subject == _subjects.c.pseudonym)
-                    .where(_events.c.leaf_index >= log_size, _subjects.c.external_id.is_not(None))
-                    .distinct()
+                    select(_subjects.c.external_id).where(
+                        _subjects.c.pseudonym.in_(recent), _subjects.c.external_id.is_not(None)
+                    )
                 ).scalars()
             )
 
@@ -486,19 +488,19 @@ class Ledger:
                 wanted = sorted(set(subjects))
                 for start in range(0, len(wanted), _SUBSET_CHUNK):
                     chunk = tuple(wanted[start : start + _SUBSET_CHUNK])
-                    among = f" AND s.external_id IN ({', '.join(mark for _ in chunk)})"
+                    # By pseudonym, so the decision index is searched per subject rather
+                    # than scanned over the whole purpose.
+                    among = (
+                        " AND e.subject IN (SELECT pseudonym FROM consent_subjects "
+                        f"WHERE external_id IN ({', '.join(mark for _ in chunk)}))"
+                    )
                     decider.feed(
                         connection.exec_driver_sql(
                             decisions.format(among), parameters + chunk
                         ).cursor
                     )
                     decider.future(
-                        connection.exec_driver_sql(
-                            future + f" AND e.subject IN (SELECT s.pseudonym FROM "
-                            f"consent_subjects s WHERE s.external_id IN "
-                            f"({', '.join(mark for _ in chunk)}))",
-                            parameters + chunk,
-                        ).scalar()
+                        connection.exec_driver_sql(future + among, parameters + chunk).scalar()
                     )
         return decider.valid, decider.horizon
 

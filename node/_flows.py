@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar
 
 from sqlalchemy import Engine, func, insert, select, update
 
@@ -82,7 +82,10 @@ class OwnSet:
     batches: Iterator[tuple[list[bytes], list[bytes]]]
 
 
-def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
+_Item = TypeVar("_Item")
+
+
+def _chunks(items: list[_Item], size: int) -> Iterator[list[_Item]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -437,7 +440,7 @@ class FlowEngine:
                 self._dummy_points(scope, padded_size - len(real)),
                 keep_owners=flow.role == "recipient",  # only a recipient maps results back
             )
-            new = self._charge_missing(scope, agreement, shuffled.inputs)
+            looked, new = self._look_up_and_charge(scope, agreement, shuffled.inputs)
             span.set_attribute("accord.set_size", shuffled.size)
             span.set_attribute("accord.newly_blinded", new)
         if flow.role == "recipient":
@@ -453,7 +456,11 @@ class FlowEngine:
             newly_blinded=new,
             epoch=scope.epoch,
         )
-        tokens = self._blind_stream(scope, _chunks(shuffled.inputs, STREAM_BATCH), trusted=True)
+        tokens = self._blind_stream(
+            scope,
+            zip(_chunks(shuffled.inputs, STREAM_BATCH), _chunks(looked, STREAM_BATCH), strict=True),
+            trusted=True,
+        )
         handles = shuffled.handles
         if flow.role == "recipient" and agreement.output_mode is OutputMode.OVERLAP:
             # The broker counts distinct handles: one per customer, however many of the
@@ -476,54 +483,71 @@ class FlowEngine:
                     have.extend(more[len(have) - (count - missing) :])
         return list(self._dummies[scope][:count])
 
-    def _charge_missing(self, scope: KeyScope, agreement: Agreement, inputs: Sequence[bytes]
-                        ) -> int:  # fmt: skip
-        """Count the inputs not blinded yet in this epoch against the cap (or refuse)."""
+    def _look_up_and_charge(
+        self, scope: KeyScope, agreement: Agreement, inputs: list[bytes]
+    ) -> tuple[list[bytes | None], int]:
+        """What the epoch cache holds for each input (None where nothing yet), after the
+        distinct inputs not blinded yet in this epoch are counted against the cap (or the
+        flow refused). One pass over the cache: the stream reuses the answer."""
         with self._lock:
-            cached = self._cache.map_for(scope)
-            missing = [x for x in inputs if x not in cached]
-            count = len(set(missing)) if missing else 0
+            looked = list(map(self._cache.map_for(scope).get, inputs))
+            count = 0
+            if None in looked:
+                count = len({x for x, token in zip(inputs, looked, strict=True) if token is None})
             self._charge(agreement, scope, count)
-        return count
+        return looked, count
 
     def _blind_stream(
-        self, scope: KeyScope, chunks: Iterator[list[bytes]], *, trusted: bool = False
+        self,
+        scope: KeyScope,
+        chunks: Iterator[tuple[list[bytes], list[bytes | None]]],
+        *,
+        trusted: bool = False,
     ) -> Iterator[list[bytes]]:
-        """``[k]·x`` for every input, chunk by chunk, in order; misses go to the pool with a
-        window of chunks in flight, hits come from the epoch cache."""
+        """``[k]·x`` for every input, chunk by chunk, in order. Each chunk comes with what
+        the epoch cache held for it; the holes go to the pool with a window of chunks in
+        flight, and their results join the cache."""
         secret = blinding_secret(
             self._master, scope=scope.hkdf_scope, segment=scope.segment_id, epoch=scope.epoch
         )
-        in_flight: deque[tuple[list[bytes], list[bytes], list[Future[list[bytes]]]]] = deque()
+        in_flight: deque[
+            tuple[list[bytes], list[bytes | None], list[bytes], list[Future[list[bytes]]]]
+        ] = deque()
 
         def settle() -> list[bytes]:
-            chunk, missing, futures = in_flight.popleft()
+            chunk, looked, missing, futures = in_flight.popleft()
+            if not missing:
+                return looked  # type: ignore[return-value]  # no holes: every token known
             fresh: list[bytes] = []
             try:
                 for future in futures:
                     fresh.extend(future.result())
             except InvalidPoint as exc:
-                for _, _, pending in in_flight:
+                for _, _, _, pending in in_flight:
                     for future in pending:
                         future.cancel()
                 raise FlowRefused("PEER_REJECTED", f"a received token is invalid: {exc}") from exc
+            blinded = dict(zip(missing, fresh, strict=True))
             with self._lock:
-                cached = self._cache.map_for(scope)
-                if missing:
-                    cached.update(zip(missing, fresh, strict=True))
-                return list(map(cached.__getitem__, chunk))
+                self._cache.map_for(scope).update(blinded)
+            return [
+                blinded[x] if token is None else token
+                for x, token in zip(chunk, looked, strict=True)
+            ]
 
-        for chunk in chunks:
-            with self._lock:
-                cached = self._cache.map_for(scope)
-                missing = [x for x in chunk if x not in cached]
-                if missing:
-                    missing = list(dict.fromkeys(missing))
+        for chunk, looked in chunks:
+            missing: list[bytes] = []
+            if None in looked:
+                missing = list(
+                    dict.fromkeys(
+                        x for x, token in zip(chunk, looked, strict=True) if token is None
+                    )
+                )
             futures = [
                 self._pool.submit(secret, missing[i : i + POOL_TASK], trusted=trusted)
                 for i in range(0, len(missing), POOL_TASK)
             ]
-            in_flight.append((chunk, missing, futures))
+            in_flight.append((chunk, looked, missing, futures))
             if len(in_flight) >= PIPELINE_DEPTH:
                 yield settle()
         while in_flight:
@@ -583,14 +607,15 @@ class FlowEngine:
         handles_seen: list[list[bytes]] = []
         counted = [0, 0]  # tokens, newly blinded
 
-        def inputs() -> Iterator[list[bytes]]:
+        def inputs() -> Iterator[tuple[list[bytes], list[bytes | None]]]:
             for tokens, handles in batches:
                 if handles and len(handles) != len(tokens):
                     raise FlowRefused("PEER_REJECTED", "a batch has handles for some tokens only")
-                counted[1] += self._charge_missing(scope, agreement, tokens)
+                looked, new = self._look_up_and_charge(scope, agreement, tokens)
+                counted[1] += new
                 counted[0] += len(tokens)
                 handles_seen.append(handles)
-                yield tokens
+                yield tokens, looked
 
         blinded = self._blind_stream(scope, inputs())
         if entitled:

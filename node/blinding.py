@@ -6,6 +6,7 @@ Plain Python over the kernel's recipes; no database, no transport (docs/matching
 from __future__ import annotations
 
 import secrets
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -101,7 +102,7 @@ def shuffled_set(
     handles = [pool[i : i + HANDLE_SIZE] for i in range(0, len(pool), HANDLE_SIZE)]
     owners: dict[bytes, int | None] = {}
     if keep_owners:
-        owners = {handle: customer for handle, (_, customer) in zip(handles, rows, strict=True)}
+        owners = dict(zip(handles, [customer for _, customer in rows], strict=True))
         if len(owners) < len(rows):  # 2^-128 per pair, but a clash would merge two rows: redo
             return shuffled_set(real, (p for p, c in rows if c is None), keep_owners=True)
     return ShuffledSet([point for point, _ in rows], handles, owners)
@@ -129,10 +130,9 @@ def secure_shuffle(items: list[Any]) -> None:
     count = len(items)
     if count < 2:
         return
-    randomness = secrets.token_bytes(8 * count)
-    from_bytes = int.from_bytes
+    draws = struct.unpack(f"<{count}Q", secrets.token_bytes(8 * count))
     for i in range(count - 1, 0, -1):
-        j = from_bytes(randomness[8 * i : 8 * i + 8], "little") % (i + 1)
+        j = draws[i] % (i + 1)
         items[i], items[j] = items[j], items[i]
 
 
