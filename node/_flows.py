@@ -90,6 +90,20 @@ def _chunks(items: list[_Item], size: int) -> Iterator[list[_Item]]:
         yield items[start : start + size]
 
 
+def _holes(looked: list[bytes | None]) -> list[int]:
+    """Where ``looked`` has None, found by ``list.index`` (a scan in C: after a small churn
+    a million lookups have a few thousand holes, and a Python pass over all of them would
+    cost more than the holes)."""
+    found: list[int] = []
+    index = -1
+    try:
+        while True:
+            index = looked.index(None, index + 1)
+            found.append(index)
+    except ValueError:
+        return found
+
+
 def _with_handles(
     tokens: Iterator[list[bytes]], handles: list[bytes]
 ) -> Iterator[tuple[list[bytes], list[bytes]]]:
@@ -178,7 +192,10 @@ class FlowEngine:
         # The last few consented sets (whole-store segments): a repeated flow in an epoch
         # skips re-deciding every consent when nothing changed (docs/matching.md).
         self._consented: dict[_ConsentedKey, _Consented] = {}
-        self._lock = threading.Lock()  # guards caches, usage counts and handle maps
+        self._lock = threading.Lock()  # guards caches and handle maps (never held for I/O)
+        # Serializes the epoch cap's read-modify-write in the database, apart from
+        # ``_lock``: a charge must not stall every other stream's cache lookups.
+        self._usage_lock = threading.Lock()
 
     def segment_members(self, segment_id: str) -> set[int] | None:
         """Customer ids of a segment; None for the built-in segment of every customer."""
@@ -491,10 +508,10 @@ class FlowEngine:
         flow refused). One pass over the cache: the stream reuses the answer."""
         with self._lock:
             looked = list(map(self._cache.map_for(scope).get, inputs))
-            count = 0
-            if None in looked:
-                count = len({x for x, token in zip(inputs, looked, strict=True) if token is None})
-            self._charge(agreement, scope, count)
+        count = len({inputs[i] for i in _holes(looked)})
+        # Two flows that miss the same inputs at once both count them: the cap errs on the
+        # side of counting too much, never too little.
+        self._charge(agreement, scope, count)
         return looked, count
 
     def _blind_stream(
@@ -511,43 +528,39 @@ class FlowEngine:
             self._master, scope=scope.hkdf_scope, segment=scope.segment_id, epoch=scope.epoch
         )
         in_flight: deque[
-            tuple[list[bytes], list[bytes | None], list[bytes], list[Future[list[bytes]]]]
+            tuple[
+                list[bytes], list[bytes | None], list[int], list[bytes], list[Future[list[bytes]]]
+            ]
         ] = deque()
 
         def settle() -> list[bytes]:
-            chunk, looked, missing, futures = in_flight.popleft()
-            if not missing:
+            chunk, looked, holes, missing, futures = in_flight.popleft()
+            if not holes:
                 return looked  # type: ignore[return-value]  # no holes: every token known
             fresh: list[bytes] = []
             try:
                 for future in futures:
                     fresh.extend(future.result())
             except InvalidPoint as exc:
-                for _, _, _, pending in in_flight:
+                for *_, pending in in_flight:
                     for future in pending:
                         future.cancel()
                 raise FlowRefused("PEER_REJECTED", f"a received token is invalid: {exc}") from exc
             blinded = dict(zip(missing, fresh, strict=True))
             with self._lock:
                 self._cache.map_for(scope).update(blinded)
-            return [
-                blinded[x] if token is None else token
-                for x, token in zip(chunk, looked, strict=True)
-            ]
+            for i in holes:  # ``looked`` is this stream's own list: filled in place
+                looked[i] = blinded[chunk[i]]
+            return looked  # type: ignore[return-value]  # every hole filled
 
         for chunk, looked in chunks:
-            missing: list[bytes] = []
-            if None in looked:
-                missing = list(
-                    dict.fromkeys(
-                        x for x, token in zip(chunk, looked, strict=True) if token is None
-                    )
-                )
+            holes = _holes(looked)
+            missing = list(dict.fromkeys(chunk[i] for i in holes))
             futures = [
                 self._pool.submit(secret, missing[i : i + POOL_TASK], trusted=trusted)
                 for i in range(0, len(missing), POOL_TASK)
             ]
-            in_flight.append((chunk, looked, missing, futures))
+            in_flight.append((chunk, looked, holes, missing, futures))
             if len(in_flight) >= PIPELINE_DEPTH:
                 yield settle()
         while in_flight:
@@ -558,7 +571,7 @@ class FlowEngine:
         if count == 0:
             return
         key = {"agreement_id": scope.agreement_id, "epoch": scope.epoch, "rotation": scope.rotation}
-        with self.engine.begin() as connection:
+        with self._usage_lock, self.engine.begin() as connection:
             used = connection.execute(
                 select(_usage.c.identifiers).where(
                     *(getattr(_usage.c, k) == v for k, v in key.items())

@@ -24,7 +24,7 @@ from consent.errors import SubjectNotFound
 from kernel.crypto import SigningKey
 from kernel.db import database_url
 from node import delete_customer, open_store, run_import
-from node._flows import FlowContext, FlowEngine
+from node._flows import FlowContext, FlowEngine, _holes
 from node._pool import BlindingPool
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -307,3 +307,8 @@ def test_the_cached_set_is_always_what_a_fresh_read_gives(
                 node.check(terms)
         finally:
             node.close()
+
+
+@given(st.lists(st.none() | st.binary(min_size=32, max_size=32)))
+def test_holes_are_exactly_the_nones(looked: list[bytes | None]) -> None:
+    assert _holes(looked) == [i for i, token in enumerate(looked) if token is None]
