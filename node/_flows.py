@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, NamedTuple, TypeVar
+from itertools import compress, repeat
+from operator import is_
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from consent import ConsentPosition, Ledger, NewEntry
 from consent.agreements import Agreement, OutputMode, SignedAgreement
@@ -91,17 +93,10 @@ def _chunks(items: list[_Item], size: int) -> Iterator[list[_Item]]:
 
 
 def _holes(looked: list[bytes | None]) -> list[int]:
-    """Where ``looked`` has None, found by ``list.index`` (a scan in C: after a small churn
-    a million lookups have a few thousand holes, and a Python pass over all of them would
-    cost more than the holes)."""
-    found: list[int] = []
-    index = -1
-    try:
-        while True:
-            index = looked.index(None, index + 1)
-            found.append(index)
-    except ValueError:
-        return found
+    """Where ``looked`` has None. By identity, in C: ``None in looked`` would compare
+    every token with None, and reading each token's type from a heap of millions of
+    scattered objects costs a cache miss per token."""
+    return list(compress(range(len(looked)), map(is_, looked, repeat(None))))
 
 
 def _with_handles(
@@ -144,6 +139,10 @@ class _Consented:
     changes_at: datetime | None  # when time alone could change the answer
     customers: int
     pairs: list[tuple[int, bytes]]  # never mutated: flows shuffle a copy
+    # Whether each customer the read saw (with an identifier of the kinds) had valid
+    # consent: a customer whose identifiers changed but whose consent events did not
+    # keeps its decision, so a patch need not ask the ledger (or the disk) again.
+    decisions: dict[int, bool]
 
 
 @dataclass(slots=True)
@@ -293,7 +292,7 @@ class FlowEngine:
             purpose, partner, need_channel, tuple(sorted(agreement.identifier_kinds))
         )
         if members is not None:
-            customers, pairs, _ = self._read_consented(key, now, members)
+            customers, pairs, _ = self._read_consented(key, now, members, {})
             return customers, pairs
         with self._lock:
             cached = self._consented.get(key)
@@ -304,8 +303,9 @@ class FlowEngine:
                 return cached.customers, cached.pairs
             found = self._patched(key, cached, position, now)
         if found is None:
-            customers, pairs, changes_at = self._read_consented(key, now, None)
-            found = _Consented(position, now, changes_at, customers, pairs)
+            decisions: dict[int, bool] = {}
+            customers, pairs, changes_at = self._read_consented(key, now, None, decisions)
+            found = _Consented(position, now, changes_at, customers, pairs, decisions)
         # Keep the answer only if nothing changed while it was read (a change commits
         # between the two reads: the positions differ and the next flow reads afresh).
         if self._position().same_answer(position):
@@ -317,19 +317,23 @@ class FlowEngine:
         return found.customers, found.pairs
 
     def _read_consented(
-        self, key: _ConsentedKey, now: datetime, members: set[int] | None
+        self,
+        key: _ConsentedKey,
+        now: datetime,
+        members: set[int] | None,
+        decisions: dict[int, bool],
     ) -> tuple[int, list[tuple[int, bytes]], datetime | None]:
-        """The whole consented set (of ``members``, if given), read afresh."""
+        """The whole consented set (of ``members``, if given), read afresh; ``decisions``
+        gets each customer's consent decision."""
         consented, changes_at = self._ledger.valid_subjects_until(
             purpose=key.purpose, recipient=key.partner, now=now, need_channel=key.need_channel
         )
         pairs: list[tuple[int, bytes]] = []
-        customers: set[int] = set()
         for customer_id, external_id, point in self._identifier_rows(list(key.kinds)):
-            if external_id in consented and (members is None or customer_id in members):
+            valid = decisions[customer_id] = external_id in consented
+            if valid and (members is None or customer_id in members):
                 pairs.append((customer_id, point))
-                customers.add(customer_id)
-        return len(customers), pairs, changes_at
+        return len({customer for customer, _ in pairs}), pairs, changes_at
 
     def _patched(
         self, key: _ConsentedKey, cached: _Consented, position: _Position, now: datetime
@@ -346,61 +350,94 @@ class FlowEngine:
         limit = max(cached.customers * _PATCH_SHARE, _PATCH_ALWAYS)
         if len(subjects) > limit:
             return None
-        changed = self._customers_changed(cached.position.store.generation, subjects)
-        if len(changed) > limit:
-            return None
+        # Customers written since, and customers of subjects with new consent events.
+        with self.engine.connect() as connection:
+            written = set(
+                connection.execute(
+                    select(_customers.c.id).where(
+                        _customers.c.changed_generation > cached.position.store.generation
+                    )
+                ).scalars()
+            )
+            if len(written) > limit:
+                return None
+            external_ids = self._external_ids(connection, subjects=sorted(subjects))
+            # Only they, and customers the cached read never saw, need the ledger.
+            unseen = [c for c in written if c not in cached.decisions and c not in external_ids]
+            external_ids.update(self._external_ids(connection, customers=unseen))
+        changed = written | external_ids.keys()
         consented, horizon = self._ledger.valid_subjects_until(
             purpose=key.purpose,
             recipient=key.partner,
             now=now,
             need_channel=key.need_channel,
-            subjects=set(changed.values()),
+            subjects=set(external_ids.values()),
         )
+        decisions = dict(cached.decisions)
+        for customer_id, external_id in external_ids.items():
+            decisions[customer_id] = external_id in consented
         kept = [pair for pair in cached.pairs if pair[0] not in changed]
         removed = len({pair[0] for pair in cached.pairs if pair[0] in changed})
         added: set[int] = set()
-        for customer_id, external_id, point in self._identifier_rows(
-            list(key.kinds), customers=list(changed)
-        ):
-            if external_id in consented:
+        for customer_id, point in self._points_of(list(key.kinds), sorted(changed)):
+            # A customer with an identifier of the kinds was seen or decided above.
+            if decisions.setdefault(customer_id, False):
                 kept.append((customer_id, point))
                 added.add(customer_id)
         moments = [m for m in (cached.changes_at, horizon) if m is not None]
         return _Consented(
-            position, now, min(moments, default=None), cached.customers - removed + len(added), kept
+            position,
+            now,
+            min(moments, default=None),
+            cached.customers - removed + len(added),
+            kept,
+            decisions,
         )
 
-    def _customers_changed(self, since: int, subjects: set[str]) -> dict[int, str]:
-        """Customer id → external id of every customer written after store generation
-        ``since`` or among ``subjects`` (external ids)."""
-        changed: dict[int, str] = {}
-        with self.engine.connect() as connection:
+    def _external_ids(
+        self,
+        connection: Connection,
+        *,
+        subjects: list[str] | None = None,
+        customers: list[int] | None = None,
+    ) -> dict[int, str]:
+        """Customer id → external id of the customers with these external ids (or ids)."""
+        column = _customers.c.external_id if subjects is not None else _customers.c.id
+        wanted: list[Any] = subjects if subjects is not None else customers or []
+        found: dict[int, str] = {}
+        for start in range(0, len(wanted), _ID_CHUNK):
             for customer_id, external_id in connection.execute(
                 select(_customers.c.id, _customers.c.external_id).where(
-                    _customers.c.changed_generation > since
+                    column.in_(wanted[start : start + _ID_CHUNK])
                 )
             ):
-                changed[customer_id] = external_id
-            wanted = sorted(subjects)
-            for start in range(0, len(wanted), _ID_CHUNK):
-                for customer_id, external_id in connection.execute(
-                    select(_customers.c.id, _customers.c.external_id).where(
-                        _customers.c.external_id.in_(wanted[start : start + _ID_CHUNK])
+                found[customer_id] = external_id
+        return found
+
+    def _points_of(self, kinds: list[str], customers: list[int]) -> list[tuple[int, bytes]]:
+        """(customer id, point) of the identifiers of ``kinds`` of ``customers``: from the
+        identifiers alone (their customer-id index), not joined to customers."""
+        rows: list[tuple[int, bytes]] = []
+        with self.engine.connect() as connection:
+            for start in range(0, len(customers), _ID_CHUNK):
+                rows.extend(
+                    (customer_id, point)
+                    for customer_id, point in connection.execute(
+                        select(_identifiers.c.customer_id, _identifiers.c.point).where(
+                            _identifiers.c.customer_id.in_(customers[start : start + _ID_CHUNK]),
+                            _identifiers.c.kind.in_(kinds),
+                        )
                     )
-                ):
-                    changed[customer_id] = external_id
-        return changed
+                )
+        return rows
 
     def _position(self) -> _Position:
         with self.engine.connect() as connection:
             store = store_generation(connection)
         return _Position(store, self._ledger.consent_position())
 
-    def _identifier_rows(
-        self, kinds: list[str], *, customers: list[int] | None = None
-    ) -> list[tuple[int, str, bytes]]:
-        """(customer id, external id, point) of every identifier of ``kinds`` (of
-        ``customers``, if given), as tuples.
+    def _identifier_rows(self, kinds: list[str]) -> list[tuple[int, str, bytes]]:
+        """(customer id, external id, point) of every identifier of ``kinds``, as tuples.
 
         Plain driver tuples: a million rows through the ORM would cost seconds of every
         flow. On SQLite the join is written to walk customers and then their identifiers
@@ -414,17 +451,9 @@ class FlowEngine:
             f"SELECT c.id, c.external_id, i.point FROM customers c {join} identifiers i "
             f"ON i.customer_id = c.id WHERE i.kind IN ({', '.join(mark for _ in kinds)})"
         )
-        rows: list[tuple[int, str, bytes]] = []
         with self.engine.connect() as connection:
-            if customers is None:
-                rows.extend(connection.exec_driver_sql(sql, tuple(kinds)).cursor.fetchall())
-                return rows
-            for start in range(0, len(customers), _ID_CHUNK):
-                chunk = tuple(customers[start : start + _ID_CHUNK])
-                among = f" AND c.id IN ({', '.join(mark for _ in chunk)})"
-                rows.extend(
-                    connection.exec_driver_sql(sql + among, (*kinds, *chunk)).cursor.fetchall()
-                )
+            cursor = connection.exec_driver_sql(sql, tuple(kinds)).cursor
+            rows: list[tuple[int, str, bytes]] = list(cursor.fetchall())
         return rows
 
     def blind_own_set(self, flow: FlowContext) -> OwnSet:
@@ -681,13 +710,14 @@ class FlowEngine:
             raise FlowRefused("PEER_REJECTED", "the match result arrived incomplete")
         if handle_map is None:
             raise FlowRefused("PEER_REJECTED", "no set of this node belongs to that flow")
-        customers: set[int] = set()
-        for handle in matched_handles:
-            if handle not in handle_map.owners:
-                raise FlowRefused("PEER_REJECTED", "a matched handle is not one this node sent")
-            owner = handle_map.owners[handle]
-            if owner is not None:  # a padding dummy never matches, but never count one
-                customers.add(owner)
+        try:
+            owners = set(map(handle_map.owners.__getitem__, matched_handles))
+        except KeyError:
+            raise FlowRefused(
+                "PEER_REJECTED", "a matched handle is not one this node sent"
+            ) from None
+        owners.discard(None)  # a padding dummy never matches, but never count one
+        customers = cast(set[int], owners)
         delete_after = agreement.delete_after(now)
         with self.engine.begin() as connection:
             connection.execute(
@@ -704,7 +734,7 @@ class FlowEngine:
                 connection,
                 _matches.name,
                 ("flow_id", "customer_id"),
-                [(flow.flow_id, c) for c in sorted(customers)],
+                list(zip(repeat(flow.flow_id), sorted(customers))),
             )
         self.audit(flow, "delivered", matched_customers=len(customers))
         return len(customers)
