@@ -192,9 +192,9 @@ class FlowEngine:
         # skips re-deciding every consent when nothing changed (docs/matching.md).
         self._consented: dict[_ConsentedKey, _Consented] = {}
         self._lock = threading.Lock()  # guards caches and handle maps (never held for I/O)
-        # Serializes the epoch cap's read-modify-write in the database, apart from
+        # Serializes the flow row and epoch cap writes in the database, apart from
         # ``_lock``: a charge must not stall every other stream's cache lookups.
-        self._usage_lock = threading.Lock()
+        self._bookkeeping_lock = threading.Lock()
 
     def segment_members(self, segment_id: str) -> set[int] | None:
         """Customer ids of a segment; None for the built-in segment of every customer."""
@@ -600,26 +600,23 @@ class FlowEngine:
         if count == 0:
             return
         key = {"agreement_id": scope.agreement_id, "epoch": scope.epoch, "rotation": scope.rotation}
-        with self._usage_lock, self.engine.begin() as connection:
-            used = connection.execute(
-                select(_usage.c.identifiers).where(
-                    *(getattr(_usage.c, k) == v for k, v in key.items())
-                )
-            ).scalar_one_or_none()
-            total = (used or 0) + count
-            if total > agreement.epoch_identifier_cap:
+        where = [getattr(_usage.c, k) == v for k, v in key.items()]
+        # The write comes first: on SQLite it takes the write lock before anything is
+        # read (a transaction that reads and then writes fails at once, busy timeout or
+        # not, when another commit lands in between); on PostgreSQL it locks the row.
+        # The in-process lock keeps two streams from inserting the same new row.
+        with self._bookkeeping_lock, self.engine.begin() as connection:
+            raised = connection.execute(
+                update(_usage).where(*where).values(identifiers=_usage.c.identifiers + count)
+            ).rowcount
+            if not raised:
+                connection.execute(insert(_usage).values(identifiers=count, **key))
+            total = connection.execute(select(_usage.c.identifiers).where(*where)).scalar_one()
+            if total > agreement.epoch_identifier_cap:  # leaving the block rolls it back
                 raise FlowRefused(
                     "SET_TOO_LARGE",
                     f"blinding {count} more identifiers would pass the agreement's cap of "
                     f"{agreement.epoch_identifier_cap} per epoch",
-                )
-            if used is None:
-                connection.execute(insert(_usage).values(identifiers=total, **key))
-            else:
-                connection.execute(
-                    update(_usage)
-                    .where(*(getattr(_usage.c, k) == v for k, v in key.items()))
-                    .values(identifiers=total)
                 )
 
     # --- the partner's set ----------------------------------------------------------------
@@ -747,11 +744,16 @@ class FlowEngine:
     # --- bookkeeping ----------------------------------------------------------------------
 
     def record_flow(self, flow: FlowContext, state: str, now: datetime) -> None:
-        with self.engine.begin() as connection:
+        """The flow's row, once: every step of a flow checks it, from several threads."""
+        # Write first, for the reason ``_charge`` gives; the lock keeps two steps of one
+        # flow from both inserting.
+        with self._bookkeeping_lock, self.engine.begin() as connection:
             exists = connection.execute(
-                select(_flows.c.flow_id).where(_flows.c.flow_id == flow.flow_id)
-            ).first()
-            if exists is None:
+                update(_flows)
+                .where(_flows.c.flow_id == flow.flow_id)
+                .values(updated_at=_flows.c.updated_at)
+            ).rowcount
+            if not exists:
                 connection.execute(
                     insert(_flows).values(
                         flow_id=flow.flow_id,

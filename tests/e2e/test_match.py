@@ -144,6 +144,7 @@ def test_a_repeated_flow_sees_a_store_change(running: Running) -> None:
     imported = accord("node", "import", str(changed), "--db", str(recipient.db), "--json")
     assert json.loads(imported.stdout)["updated"] == 1
     after = request_audience(running.stub(RECIPIENT), agreement_id)
+    assert after.flow.state == flow_pb2.FLOW_STATE_SUCCEEDED, after.flow.failure_detail
     assert after.summary.match.matched_customers == before.summary.match.matched_customers - 1
     running.world.stores[RECIPIENT].consented.discard(person)
 

@@ -8,6 +8,7 @@ import csv
 import tempfile
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import URL
 
 from consent import Channel, CollectionMethod, EventType, Ledger, NewConsentEvent, Notice
@@ -26,6 +27,9 @@ from kernel.db import database_url
 from node import delete_customer, open_store, run_import
 from node._flows import FlowContext, FlowEngine, _holes
 from node._pool import BlindingPool
+from node._tables import BlindUsageRow, FlowRow
+from node.blinding import KeyScope
+from node.errors import FlowRefused
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 OWNER = "solent-boats"
@@ -312,3 +316,24 @@ def test_the_cached_set_is_always_what_a_fresh_read_gives(
 @given(st.lists(st.none() | st.binary(min_size=32, max_size=32)))
 def test_holes_are_exactly_the_nones(looked: list[bytes | None]) -> None:
     assert _holes(looked) == [i for i, token in enumerate(looked) if token is None]
+
+
+def test_the_epoch_cap_counts_every_charge_and_refuses_past_it(node: Node) -> None:
+    """Charges from many threads at once all count; one past the cap is refused and
+    counts nothing; the flow's row is written once however many steps record it."""
+    terms = agreement(epoch_identifier_cap=100)
+    scope = KeyScope(terms.agreement_id, "all", 0, 0)
+    with ThreadPoolExecutor(8) as threads:
+        list(threads.map(lambda _: node.cached._charge(terms, scope, 10), range(9)))
+    with pytest.raises(FlowRefused, match="cap of 100"):
+        node.cached._charge(terms, scope, 11)
+    node.cached._charge(terms, scope, 10)  # exactly the cap
+    usage = BlindUsageRow.__table__  # type: ignore[attr-defined]
+    with node.engine.connect() as connection:
+        assert connection.execute(select(usage.c.identifiers)).scalar_one() == 100
+    step = flow(terms, T0)
+    with ThreadPoolExecutor(8) as threads:
+        list(threads.map(lambda _: node.cached.record_flow(step, "running", T0), range(8)))
+    flows = FlowRow.__table__  # type: ignore[attr-defined]
+    with node.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(flows)).scalar_one() == 1
