@@ -11,6 +11,7 @@ the node's audit log.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -114,6 +115,7 @@ class Exchange:
         self._encode = encode
         self._decode = decode
         self._now = now
+        self._budget_lock = threading.Lock()
         self.outbox = RevocationOutbox(self.engine, node_name=flows.node_name, ledger=ledger,
                                        signing_key=signing_key, now=now)  # fmt: skip
 
@@ -128,7 +130,15 @@ class Exchange:
             raise FlowRefused("PEER_REJECTED", "counts are noised by an overlap agreement's owner")
         epsilon = Decimal(agreement.epsilon_per_count or "0")
         exhausted: BudgetExhausted | None = None
-        with self.engine.begin() as connection:
+        # Write first, then read (as FlowEngine._charge does): the no-op update takes
+        # SQLite's write lock or PostgreSQL's row lock, so two counts of one agreement
+        # can never both spend from the same balance.
+        with self._budget_lock, self.engine.begin() as connection:
+            connection.execute(
+                update(_budgets)
+                .where(_budgets.c.agreement_id == agreement.agreement_id)
+                .values(spent=_budgets.c.spent)
+            )
             spent = connection.execute(
                 select(_budgets.c.spent).where(_budgets.c.agreement_id == agreement.agreement_id)
             ).scalar_one_or_none()
