@@ -14,10 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
 from kernel.db import database_url
+
+# Property tests check laws, not speed (speed lives in `accord bench`): no per-example
+# deadline. Hypothesis' 200 ms default failed a phone test when phonenumbers imported a
+# region's metadata from a disk whose page cache had gone cold.
+settings.register_profile("accord", deadline=None)
+settings.load_profile("accord")
 
 POSTGRES_ENV = "ACCORD_TEST_POSTGRES_URL"
 REPO = Path(__file__).resolve().parent.parent
