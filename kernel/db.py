@@ -12,7 +12,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    MetaData,
+    create_engine,
+    event,
+    update,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlmodel import SQLModel
 
@@ -100,6 +109,23 @@ def engine_for(url: URL) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+def lock_rows(connection: Connection, column: Column[Any], *where: ColumnElement[bool]) -> int:
+    """Write-lock the rows of ``column``'s table that match ``where``, as the first
+    statement of the caller's transaction, before it reads them; return how many exist.
+
+    A no-op ``UPDATE`` (``column`` set to itself): on SQLite it takes the write lock at
+    once — a transaction that reads first and writes later fails immediately, busy
+    timeout or not, when another commit lands in between — and on PostgreSQL it locks
+    the rows, so a read-modify-write cannot lose an update. A row that does not exist
+    yet is not locked: two transactions may both go on to insert it (callers serialize
+    that in-process, and the primary key refuses the second).
+    """
+    table = column.table
+    return int(
+        connection.execute(update(table).where(*where).values({column.name: column})).rowcount
+    )
 
 
 def insert_rows(

@@ -33,7 +33,7 @@ from consent.signed import (
 )
 from consent.signed import release_context as context_of
 from kernel.crypto import HpkeKeyPair, SigningKey, random_bytes, seal
-from kernel.db import insert_rows
+from kernel.db import insert_rows, lock_rows
 from kernel.errors import DecryptionFailed
 from node._agreements import AgreementStore
 from node._flows import FlowContext, FlowEngine
@@ -130,17 +130,13 @@ class Exchange:
             raise FlowRefused("PEER_REJECTED", "counts are noised by an overlap agreement's owner")
         epsilon = Decimal(agreement.epsilon_per_count or "0")
         exhausted: BudgetExhausted | None = None
-        # Write first, then read (as FlowEngine._charge does): the no-op update takes
-        # SQLite's write lock or PostgreSQL's row lock, so two counts of one agreement
-        # can never both spend from the same balance.
+        # Locked before it is read: two counts of one agreement never both spend from the
+        # same balance (kernel.db.lock_rows says why the lock comes first).
         with self._budget_lock, self.engine.begin() as connection:
-            connection.execute(
-                update(_budgets)
-                .where(_budgets.c.agreement_id == agreement.agreement_id)
-                .values(spent=_budgets.c.spent)
-            )
+            this_agreement = _budgets.c.agreement_id == agreement.agreement_id
+            lock_rows(connection, _budgets.c.spent, this_agreement)
             spent = connection.execute(
-                select(_budgets.c.spent).where(_budgets.c.agreement_id == agreement.agreement_id)
+                select(_budgets.c.spent).where(this_agreement)
             ).scalar_one_or_none()
             budget = PrivacyBudget(Decimal(agreement.epsilon_total or "0"), Decimal(spent or "0"))
             try:

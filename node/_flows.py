@@ -23,7 +23,7 @@ from consent import ConsentPosition, Ledger, NewEntry
 from consent.agreements import Agreement, OutputMode, SignedAgreement
 from consent.errors import AgreementInactive, InvalidAgreement
 from kernel.crypto import blinding_secret, canonical_json
-from kernel.db import insert_rows
+from kernel.db import insert_rows, lock_rows
 from kernel.errors import InvalidPoint
 from kernel.telemetry import tracer
 from node._agreements import AgreementStore, LocalAgreement
@@ -97,6 +97,19 @@ def _holes(looked: list[bytes | None]) -> list[int]:
     every token with None, and reading each token's type from a heap of millions of
     scattered objects costs a cache miss per token."""
     return list(compress(range(len(looked)), map(is_, looked, repeat(None))))
+
+
+def _external_ids(connection: Connection, column: Any, values: Sequence[Any]) -> dict[int, str]:
+    """Customer id → external id of the customers whose ``column`` is among ``values``."""
+    found: dict[int, str] = {}
+    for start in range(0, len(values), _ID_CHUNK):
+        for customer_id, external_id in connection.execute(
+            select(_customers.c.id, _customers.c.external_id).where(
+                column.in_(values[start : start + _ID_CHUNK])
+            )
+        ):
+            found[customer_id] = external_id
+    return found
 
 
 def _with_handles(
@@ -292,7 +305,7 @@ class FlowEngine:
             purpose, partner, need_channel, tuple(sorted(agreement.identifier_kinds))
         )
         if members is not None:
-            customers, pairs, _ = self._read_consented(key, now, members, {})
+            customers, _, pairs, _ = self._read_consented(key, now, members)
             return customers, pairs
         with self._lock:
             cached = self._consented.get(key)
@@ -303,8 +316,7 @@ class FlowEngine:
                 return cached.customers, cached.pairs
             found = self._patched(key, cached, position, now)
         if found is None:
-            decisions: dict[int, bool] = {}
-            customers, pairs, changes_at = self._read_consented(key, now, None, decisions)
+            customers, changes_at, pairs, decisions = self._read_consented(key, now, None)
             found = _Consented(position, now, changes_at, customers, pairs, decisions)
         # Keep the answer only if nothing changed while it was read (a change commits
         # between the two reads: the positions differ and the next flow reads afresh).
@@ -317,23 +329,25 @@ class FlowEngine:
         return found.customers, found.pairs
 
     def _read_consented(
-        self,
-        key: _ConsentedKey,
-        now: datetime,
-        members: set[int] | None,
-        decisions: dict[int, bool],
-    ) -> tuple[int, list[tuple[int, bytes]], datetime | None]:
-        """The whole consented set (of ``members``, if given), read afresh; ``decisions``
-        gets each customer's consent decision."""
+        self, key: _ConsentedKey, now: datetime, members: set[int] | None
+    ) -> tuple[int, datetime | None, list[tuple[int, bytes]], dict[int, bool]]:
+        """The consented set (of ``members``, if given), read afresh: how many customers,
+        when time alone could change it, its pairs and — for the whole store, which is
+        cached — each customer's consent decision (empty for a segment)."""
         consented, changes_at = self._ledger.valid_subjects_until(
             purpose=key.purpose, recipient=key.partner, now=now, need_channel=key.need_channel
         )
+        rows = self._identifier_rows(list(key.kinds))
         pairs: list[tuple[int, bytes]] = []
-        for customer_id, external_id, point in self._identifier_rows(list(key.kinds)):
-            valid = decisions[customer_id] = external_id in consented
-            if valid and (members is None or customer_id in members):
-                pairs.append((customer_id, point))
-        return len({customer for customer, _ in pairs}), pairs, changes_at
+        decisions: dict[int, bool] = {}
+        if members is None:
+            for customer_id, external_id, point in rows:
+                valid = decisions[customer_id] = external_id in consented
+                if valid:
+                    pairs.append((customer_id, point))
+        else:
+            pairs = [(c, point) for c, x, point in rows if x in consented and c in members]
+        return len({customer for customer, _ in pairs}), changes_at, pairs, decisions
 
     def _patched(
         self, key: _ConsentedKey, cached: _Consented, position: _Position, now: datetime
@@ -361,10 +375,10 @@ class FlowEngine:
             )
             if len(written) > limit:
                 return None
-            external_ids = self._external_ids(connection, subjects=sorted(subjects))
+            external_ids = _external_ids(connection, _customers.c.external_id, sorted(subjects))
             # Only they, and customers the cached read never saw, need the ledger.
             unseen = [c for c in written if c not in cached.decisions and c not in external_ids]
-            external_ids.update(self._external_ids(connection, customers=unseen))
+            external_ids.update(_external_ids(connection, _customers.c.id, unseen))
         changed = written | external_ids.keys()
         consented, horizon = self._ledger.valid_subjects_until(
             purpose=key.purpose,
@@ -393,26 +407,6 @@ class FlowEngine:
             kept,
             decisions,
         )
-
-    def _external_ids(
-        self,
-        connection: Connection,
-        *,
-        subjects: list[str] | None = None,
-        customers: list[int] | None = None,
-    ) -> dict[int, str]:
-        """Customer id → external id of the customers with these external ids (or ids)."""
-        column = _customers.c.external_id if subjects is not None else _customers.c.id
-        wanted: list[Any] = subjects if subjects is not None else customers or []
-        found: dict[int, str] = {}
-        for start in range(0, len(wanted), _ID_CHUNK):
-            for customer_id, external_id in connection.execute(
-                select(_customers.c.id, _customers.c.external_id).where(
-                    column.in_(wanted[start : start + _ID_CHUNK])
-                )
-            ):
-                found[customer_id] = external_id
-        return found
 
     def _points_of(self, kinds: list[str], customers: list[int]) -> list[tuple[int, bytes]]:
         """(customer id, point) of the identifiers of ``kinds`` of ``customers``: from the
@@ -601,10 +595,9 @@ class FlowEngine:
             return
         key = {"agreement_id": scope.agreement_id, "epoch": scope.epoch, "rotation": scope.rotation}
         where = [getattr(_usage.c, k) == v for k, v in key.items()]
-        # The write comes first: on SQLite it takes the write lock before anything is
-        # read (a transaction that reads and then writes fails at once, busy timeout or
-        # not, when another commit lands in between); on PostgreSQL it locks the row.
-        # The in-process lock keeps two streams from inserting the same new row.
+        # The increment is the transaction's first statement, for the reason
+        # kernel.db.lock_rows gives; the in-process lock keeps two streams from inserting
+        # the same new row.
         with self._bookkeeping_lock, self.engine.begin() as connection:
             raised = connection.execute(
                 update(_usage).where(*where).values(identifiers=_usage.c.identifiers + count)
@@ -744,16 +737,10 @@ class FlowEngine:
     # --- bookkeeping ----------------------------------------------------------------------
 
     def record_flow(self, flow: FlowContext, state: str, now: datetime) -> None:
-        """The flow's row, once: every step of a flow checks it, from several threads."""
-        # Write first, for the reason ``_charge`` gives; the lock keeps two steps of one
-        # flow from both inserting.
+        """The flow's row, once: every step of a flow checks it, from several threads (the
+        lock keeps two steps of one flow from both inserting it)."""
         with self._bookkeeping_lock, self.engine.begin() as connection:
-            exists = connection.execute(
-                update(_flows)
-                .where(_flows.c.flow_id == flow.flow_id)
-                .values(updated_at=_flows.c.updated_at)
-            ).rowcount
-            if not exists:
+            if not lock_rows(connection, _flows.c.updated_at, _flows.c.flow_id == flow.flow_id):
                 connection.execute(
                     insert(_flows).values(
                         flow_id=flow.flow_id,
