@@ -223,6 +223,14 @@ class Ledger:
                 connection.execute(select(_state_t.c.size).where(_state_t.c.id == 1)).scalar_one()
             )
 
+    def frontier(self) -> MerkleFrontier:
+        """The tree's frontier at its current size (kept with the state by every append)."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(_state_t.c.size, _state_t.c.frontier).where(_state_t.c.id == 1)
+            ).one()
+        return _frontier(int(row.size), bytes(row.frontier))
+
     def leaf_hashes(self, *, since: int = 0, upto: int | None = None) -> list[bytes]:
         """Leaf hashes of entries ``since`` ≤ index < ``upto``, in order."""
         query = select(_entries.c.data).order_by(_entries.c.leaf_index)

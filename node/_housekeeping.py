@@ -133,11 +133,17 @@ class Housekeeper:
         old = self._witnessed_size
         if head.tree_size <= old:
             return False
-        frontier = self._witnessed_frontier
-        if frontier is None or frontier.size != old:
-            frontier = MerkleFrontier.from_leaf_hashes(self._ledger.leaf_hashes(upto=old))
-        added = self._ledger.leaf_hashes(since=old, upto=head.tree_size)
-        path = consistency_proof_extending(frontier, added) if old > 0 else []
+        if old == 0:
+            # Growing from the empty tree needs no proof, and the ledger keeps the frontier
+            # of its current size: the first witness after a start reads no leaves (it used
+            # to hash the whole log while the node's first flows ran).
+            frontier, added, path = None, [], []
+        else:
+            frontier = self._witnessed_frontier
+            if frontier is None or frontier.size != old:
+                frontier = MerkleFrontier.from_leaf_hashes(self._ledger.leaf_hashes(upto=old))
+            added = self._ledger.leaf_hashes(since=old, upto=head.tree_size)
+            path = consistency_proof_extending(frontier, added)
         request = broker_pb2.WitnessTreeHeadRequest(
             tree_head=tree_head_to_proto(head),
             consistency=audit_pb2.ConsistencyProof(
@@ -153,9 +159,13 @@ class Housekeeper:
             self._witnessed_size = None  # ask the broker again next time
             raise
         self._witnessed_size = head.tree_size
-        grown = frontier.copy()
-        grown.extend(added)
-        self._witnessed_frontier = grown if grown.root() == head.root_hash else None
+        if frontier is None:
+            grown = self._ledger.frontier()  # None below if the log grew in the meantime
+        else:
+            grown = frontier.copy()
+            grown.extend(added)
+        matches = grown.size == head.tree_size and grown.root() == head.root_hash
+        self._witnessed_frontier = grown if matches else None
         return True
 
     def _latest_witnessed_size(self) -> int:
