@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import struct
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -46,9 +47,16 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac, hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from kernel.errors import CryptoError, DecryptionFailed, InvalidPoint, SignatureInvalid
+from kernel.errors import (
+    CryptoError,
+    DecryptionFailed,
+    InvalidPoint,
+    SignatureInvalid,
+    UnknownHandle,
+)
 
 __all__ = [
     "CURVE25519_A",
@@ -58,6 +66,7 @@ __all__ = [
     "TOKEN_SIZE",
     "BlindingKey",
     "HpkeKeyPair",
+    "PositionCipher",
     "SigningKey",
     "canonical_json",
     "commitment",
@@ -249,6 +258,55 @@ class BlindingKey:
             validate_token(token)
             out.append(exchange(from_bytes(token)))
         return out
+
+
+class PositionCipher:
+    """Handles for the rows of one set that map back to their positions without a table.
+
+    Handle ``i`` is AES-128 of the block ``base ‖ i`` (64-bit halves, big-endian) under a
+    key and ``base`` drawn fresh for each set: the CTR keystream, computed in one call.
+    AES is a permutation, so handles are distinct, and without the key they look like
+    random 16-byte values to the broker and the partner. ``positions`` decrypts returned
+    handles (AES as the block permutation itself, one block each: ECB) and refuses any
+    whose upper half is not ``base`` or whose position is past the set — forging one
+    takes a 2^-64 guess. The key stays in this object, in the node's memory.
+    """
+
+    __slots__ = ("_key", "_base", "count")
+
+    BLOCK: Final = 16
+
+    def __init__(self, count: int) -> None:
+        if not 0 <= count < 1 << 64:
+            raise CryptoError("a set has at most 2^64 rows")
+        self._key = secrets.token_bytes(self.BLOCK)
+        self._base = secrets.randbits(64)
+        self.count = count
+
+    def __repr__(self) -> str:
+        return f"PositionCipher(<secret>, count={self.count})"
+
+    def handles(self) -> list[bytes]:
+        """The handle of every position, in position order."""
+        nonce = self._base.to_bytes(8, "big") + bytes(8)
+        encryptor = Cipher(algorithms.AES(self._key), modes.CTR(nonce)).encryptor()
+        stream = encryptor.update(bytes(self.BLOCK * self.count)) + encryptor.finalize()
+        size = self.BLOCK
+        return [stream[i : i + size] for i in range(0, len(stream), size)]
+
+    def positions(self, handles: Sequence[bytes]) -> list[int]:
+        """The position of each handle; ``UnknownHandle`` if any was not issued here."""
+        blob = b"".join(handles)
+        if len(blob) != self.BLOCK * len(handles):
+            raise UnknownHandle(f"a handle is {self.BLOCK} bytes")
+        if not handles:
+            return []
+        decryptor = Cipher(algorithms.AES(self._key), modes.ECB()).decryptor()
+        words = struct.unpack(f">{2 * len(handles)}Q", decryptor.update(blob))
+        positions = list(words[1::2])
+        if words[0::2].count(self._base) != len(handles) or max(positions) >= self.count:
+            raise UnknownHandle("a handle was not issued for this set")
+        return positions
 
 
 BLINDING_SALT: Final = b"accord/blinding-key/v1"

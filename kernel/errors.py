@@ -34,5 +34,9 @@ class DecryptionFailed(CryptoError):
     """An HPKE payload does not open: wrong key, wrong context, or altered data."""
 
 
+class UnknownHandle(CryptoError):
+    """A handle came back that this node never issued for that set."""
+
+
 class KeyStoreError(KernelError):
     """A node's key directory is missing, incomplete or unreadable."""

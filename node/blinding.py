@@ -8,13 +8,16 @@ from __future__ import annotations
 import secrets
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, Final
 
-from kernel.crypto import hash_to_curve, hkdf_sha256
+from kernel.crypto import PositionCipher, hash_to_curve, hkdf_sha256
 
 __all__ = [
     "HANDLE_SIZE",
+    "HandleOwners",
     "ShuffledSet",
     "EpochCache",
     "KeyScope",
@@ -69,9 +72,23 @@ def dummy_points(master: bytes, scope: KeyScope, start: int, count: int) -> list
     return [hash_to_curve("dummy", f"{seed}:{i}") for i in range(start, start + count)]
 
 
+@dataclass(frozen=True, slots=True)
+class HandleOwners:
+    """Who is behind each handle of a set: ``cipher`` (kernel.crypto.PositionCipher) maps
+    a handle to its position, ``owner_at`` holds the customer id at each position (None
+    for padding). Kept by a recipient, never sent."""
+
+    cipher: PositionCipher
+    owner_at: list[int | None]
+
+    def of(self, handles: Sequence[bytes]) -> list[int | None]:
+        """The customer behind each handle; ``UnknownHandle`` if one is not this set's."""
+        return list(map(self.owner_at.__getitem__, self.cipher.positions(handles)))
+
+
 @dataclass(slots=True)
 class ShuffledSet:
-    """A set in the order it will leave the node: its inputs, their handles, the handle map.
+    """A set in the order it will leave the node: its inputs, their handles, their owners.
 
     The inputs (hash-to-curve points and dummies) are shuffled *before* blinding, so
     tokens can be blinded and streamed in this order as they come out of the pool.
@@ -79,8 +96,7 @@ class ShuffledSet:
 
     inputs: list[bytes]
     handles: list[bytes]
-    # handle -> customer id (None for padding); kept by the node, never sent.
-    owners: dict[bytes, int | None] = field(default_factory=dict)
+    owners: HandleOwners
 
     @property
     def size(self) -> int:
@@ -90,34 +106,39 @@ class ShuffledSet:
 def shuffled_set(
     real: Sequence[tuple[int, bytes]], dummies: Iterable[bytes], *, keep_owners: bool = True
 ) -> ShuffledSet:
-    """Attach fresh random handles and shuffle the whole set (store order never leaks).
+    """Attach fresh handles and shuffle the whole set (store order never leaks).
 
-    ``keep_owners`` builds the handle → customer map (a recipient needs it to read its
+    ``keep_owners`` keeps the customer at each position (a recipient needs it to read its
     results; an owner never learns per-row results, so it needs none).
     """
-    rows: list[tuple[bytes, int | None]] = [(point, customer) for customer, point in real]
-    rows.extend((point, None) for point in dummies)
-    secure_shuffle(rows)
-    pool = secrets.token_bytes(HANDLE_SIZE * len(rows))
-    handles = [pool[i : i + HANDLE_SIZE] for i in range(0, len(pool), HANDLE_SIZE)]
-    owners: dict[bytes, int | None] = {}
+    # One shuffled order of positions, applied column by column in C: a million
+    # (point, customer) tuples shuffled and unpacked in Python, and a handle → customer
+    # dict, cost seconds of every flow.
+    points = list(map(itemgetter(1), real))
+    points.extend(dummies)
+    count = len(points)
+    order = list(range(count))
+    secure_shuffle(order)
+    cipher = PositionCipher(count)
+    owner_at: list[int | None] = []
     if keep_owners:
-        owners = dict(zip(handles, [customer for _, customer in rows], strict=True))
-        if len(owners) < len(rows):  # 2^-128 per pair, but a clash would merge two rows: redo
-            return shuffled_set(real, (p for p, c in rows if c is None), keep_owners=True)
-    return ShuffledSet([point for point, _ in rows], handles, owners)
+        customers: list[int | None] = list(map(itemgetter(0), real))
+        customers.extend(repeat(None, count - len(customers)))
+        owner_at = list(map(customers.__getitem__, order))
+    return ShuffledSet(
+        list(map(points.__getitem__, order)), cipher.handles(), HandleOwners(cipher, owner_at)
+    )
 
 
 def per_customer_handles(shuffled: ShuffledSet) -> list[bytes]:
     """The set's handles with every token of one customer carrying the same one (its
     first), so the broker's overlap count is of customers, not identifiers. Needs the
-    owner map (``keep_owners``); padding keeps its own handles."""
+    owners (``keep_owners``); padding keeps its own handles."""
     first: dict[int, bytes] = {}
-    handles: list[bytes] = []
-    for handle in shuffled.handles:
-        customer = shuffled.owners[handle]
-        handles.append(handle if customer is None else first.setdefault(customer, handle))
-    return handles
+    return [
+        handle if customer is None else first.setdefault(customer, handle)
+        for handle, customer in zip(shuffled.handles, shuffled.owners.owner_at, strict=True)
+    ]
 
 
 def secure_shuffle(items: list[Any]) -> None:

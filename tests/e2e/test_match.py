@@ -203,6 +203,55 @@ def test_reblinding_strips_handles_and_order_unless_the_partner_is_entitled(
     assert back == [owner_key.blind(t) for t in mine]
 
 
+def _deliver(running: Running, ctx: flow_pb2.FlowContext, handles: list[bytes]) -> None:
+    as_broker(running, RECIPIENT).DeliverMatchResult(
+        node_pb2.DeliverMatchResultRequest(
+            flow=ctx,
+            match=flow_pb2.MatchResult(
+                agreement_id=ctx.agreement_id, flow_id=ctx.flow_id, matched_handles=handles,
+                final=True, matched_total=len(handles),
+            ),
+        ),
+        timeout=60,
+    )  # fmt: skip
+
+
+def test_a_recipient_reads_back_only_handles_it_issued_for_that_flow(running: Running) -> None:
+    agreement_id = running.agreement()
+
+    def blinded() -> tuple[flow_pb2.FlowContext, list[bytes]]:
+        ctx = context(agreement_id, flow_pb2.FLOW_ROLE_RECIPIENT)
+        handles: list[bytes] = []
+        for response in as_broker(running, RECIPIENT).BlindSet(
+            node_pb2.BlindSetRequest(flow=ctx), timeout=120
+        ):
+            handles.extend(response.batch.handles)
+        return ctx, handles
+
+    for forged in (
+        lambda own, other: [own[0], bytes(16)],  # made up
+        lambda own, other: [own[0], other[1]],  # issued, but for another flow
+        lambda own, other: [own[0], own[1][:8]],  # cut short
+    ):
+        (ctx, own), (_, other) = blinded(), blinded()
+        with pytest.raises(grpc.RpcError) as caught:
+            _deliver(running, ctx, forged(own, other))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not one this node sent" in (caught.value.details() or "")
+    ctx, own = blinded()
+    _deliver(running, ctx, own)  # everything matched: every consented customer, no padding
+    engine = create_engine(f"sqlite:///{running.world.stores[RECIPIENT].db}")
+    try:
+        with engine.connect() as connection:
+            matched = connection.execute(
+                text("SELECT matched_customers FROM node_flows WHERE flow_id = :f"),
+                {"f": ctx.flow_id},
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert 0 < matched < len(own)  # the set was padded: dummies never count
+
+
 def test_the_broker_keeps_no_tokens(running: Running) -> None:
     running.agreement()
     engine = create_engine(f"sqlite:///{running.world.root / 'broker.db'}")

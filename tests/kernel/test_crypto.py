@@ -20,12 +20,13 @@ from kernel.crypto import (
     CURVE25519_P,
     HASH_TO_CURVE_TAG,
     SMALL_ORDER_U,
+    PositionCipher,
     hash_to_curve,
     is_on_curve,
     sha256,
     validate_token,
 )
-from kernel.errors import InvalidPoint
+from kernel.errors import InvalidPoint, UnknownHandle
 
 P = 2**255 - 19
 A = 486662
@@ -155,3 +156,52 @@ def test_invalid_point_messages_never_echo_the_token() -> None:
         validate_token(token)
     message = str(caught.value)
     assert token.hex() not in message and repr(token) not in message
+
+
+# --- handles that map back to positions -----------------------------------------------
+
+
+@given(count=st.integers(min_value=0, max_value=3000), data=st.data())
+def test_position_cipher_handles_map_back_to_their_positions(count: int, data: Any) -> None:
+    cipher = PositionCipher(count)
+    handles = cipher.handles()
+    assert len(handles) == count and len(set(handles)) == count
+    assert all(len(h) == PositionCipher.BLOCK for h in handles)
+    picked = data.draw(st.lists(st.integers(min_value=0, max_value=max(count - 1, 0))))
+    picked = picked if count else []
+    assert cipher.positions([handles[i] for i in picked]) == picked
+
+
+def test_position_cipher_handles_are_fresh_per_set_and_not_positions() -> None:
+    one, two = PositionCipher(1000), PositionCipher(1000)
+    assert not set(one.handles()) & set(two.handles())
+    # No structure shows through: the handle of position i is not i, and handles of
+    # consecutive positions share no common prefix beyond chance.
+    handles = one.handles()
+    assert all(h != i.to_bytes(16, "big") for i, h in enumerate(handles))
+    assert sum(a[:2] == b[:2] for a, b in zip(handles, handles[1:], strict=False)) < 5
+
+
+def test_position_cipher_refuses_handles_it_did_not_issue() -> None:
+    cipher = PositionCipher(100)
+    handles = cipher.handles()
+    foreign = PositionCipher(100).handles()
+    with pytest.raises(UnknownHandle):
+        cipher.positions([handles[0], foreign[0]])
+    with pytest.raises(UnknownHandle):
+        cipher.positions([bytes(16)])
+    with pytest.raises(UnknownHandle):
+        cipher.positions([handles[1][:15]])
+    tampered = bytes([handles[2][0] ^ 1]) + handles[2][1:]
+    with pytest.raises(UnknownHandle):
+        cipher.positions([tampered])
+    assert "secret" in repr(cipher) and handles[0].hex() not in repr(cipher)
+
+
+def test_position_cipher_refuses_a_position_past_the_set() -> None:
+    small = PositionCipher(10)
+    handles = small.handles()
+    small.count = 5  # the same key and base for a set of five: handles 5..9 are past its end
+    assert small.positions(handles[:5]) == [0, 1, 2, 3, 4]
+    with pytest.raises(UnknownHandle):
+        small.positions([handles[7]])

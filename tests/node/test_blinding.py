@@ -69,8 +69,7 @@ def test_shuffled_sets_have_fresh_handles_and_a_fresh_order() -> None:
     assert one.inputs != [p for _, p in real] + dummies  # not the store order
     assert all(len(h) == HANDLE_SIZE for h in one.handles)
     assert len(set(one.handles)) == 520 and not set(one.handles) & set(two.handles)
-    for handle, point in zip(one.handles, one.inputs, strict=True):
-        owner = one.owners[handle]
+    for point, owner in zip(one.inputs, one.owners.of(one.handles), strict=True):
         assert (owner is None) == (point in dummies)
         if owner is not None:
             assert real[owner][1] == point
@@ -124,7 +123,7 @@ def test_per_customer_handles_give_each_customer_one_handle(
     shuffled = shuffled_set(real, [random_bytes(32) for _ in range(padding)])
     handles = per_customer_handles(shuffled)
     assert len(handles) == shuffled.size
-    owners = [shuffled.owners[h] for h in shuffled.handles]
+    owners = shuffled.owners.of(shuffled.handles)
     by_customer: dict[int, set[bytes]] = {}
     for handle, owner in zip(handles, owners, strict=True):
         if owner is not None:
