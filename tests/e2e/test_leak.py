@@ -23,7 +23,7 @@ from kernel.rpc import connect
 from kernel.wire.accord.broker.v1 import broker_pb2, broker_pb2_grpc
 from kernel.wire.accord.common.v1 import flow_pb2
 
-from .conftest import OWNER, RECIPIENT, Running, build_world, free_port
+from .conftest import OWNER, RECIPIENT, Running, accord, build_world, free_port
 from .leakscan import RecordingProxy, all_canary_forms, scan, sqlite_blobs
 
 
@@ -38,8 +38,12 @@ def canaries() -> dict[str, list[str]]:
 def test_no_form_of_any_canary_reaches_the_broker(tmp_path: Path) -> None:
     planted = canaries()
     world = build_world(tmp_path, customers=160, canaries=planted)
+    # A canary customer moves to a new e-mail (itself a canary) between two flows, so a
+    # repeat goes through the nodes' patched consented sets and epoch caches too.
+    moved = planted["emails"][0].replace(".0@", ".moved@")
     forms = all_canary_forms(
-        [("email", e) for e in planted["emails"]] + [("phone", p) for p in planted["phones"]]
+        [("email", e) for e in [*planted["emails"], moved]]
+        + [("phone", p) for p in planted["phones"]]
     )
     broker_db = tmp_path / "broker.db"
     broker_port = free_port()
@@ -72,6 +76,15 @@ def test_no_form_of_any_canary_reaches_the_broker(tmp_path: Path) -> None:
             assert response.flow.state == flow_pb2.FLOW_STATE_SUCCEEDED
             # The canaries matched, like every other shared customer.
             assert response.summary.match.matched_customers == world.expected_overlap() + 3
+            for name, store in world.stores.items():
+                change = tmp_path / f"{name}-moved.csv"
+                change.write_text(
+                    f"external_id,email,phone\nCANARY-0,{moved},{planted['phones'][0]}\n"
+                )
+                accord("node", "import", str(change), "--db", str(store.db), "--json")
+            repeat = request_audience(running.stub(RECIPIENT), agreement_id)
+            assert repeat.flow.state == flow_pb2.FLOW_STATE_SUCCEEDED, repeat.flow
+            assert repeat.summary.match.matched_customers == world.expected_overlap() + 3
             # A release carries the canaries' own e-mails and phones, sealed to the
             # recipient: the broker relays them and must see only ciphertext.
             release_id = running.agreement(
