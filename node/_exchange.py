@@ -129,33 +129,9 @@ class Exchange:
         if flow.role != "owner" or agreement.output_mode is not OutputMode.OVERLAP:
             raise FlowRefused("PEER_REJECTED", "counts are noised by an overlap agreement's owner")
         epsilon = Decimal(agreement.epsilon_per_count or "0")
-        exhausted: BudgetExhausted | None = None
-        # Locked before it is read: two counts of one agreement never both spend from the
-        # same balance (kernel.db.lock_rows says why the lock comes first).
-        with self._budget_lock, self.engine.begin() as connection:
-            this_agreement = _budgets.c.agreement_id == agreement.agreement_id
-            lock_rows(connection, _budgets.c.spent, this_agreement)
-            spent = connection.execute(
-                select(_budgets.c.spent).where(this_agreement)
-            ).scalar_one_or_none()
-            budget = PrivacyBudget(Decimal(agreement.epsilon_total or "0"), Decimal(spent or "0"))
-            try:
-                budget = budget.spend(epsilon)
-            except BudgetExhausted as exc:
-                exhausted = exc  # logged after this transaction: the log has its own
-            else:
-                values = {"spent": str(budget.spent)}
-                if spent is None:
-                    connection.execute(
-                        insert(_budgets).values(agreement_id=agreement.agreement_id, **values)
-                    )
-                else:
-                    connection.execute(
-                        update(_budgets)
-                        .where(_budgets.c.agreement_id == agreement.agreement_id)
-                        .values(values)
-                    )
-        if exhausted is not None:
+        try:
+            budget = self._spend(agreement, epsilon)
+        except BudgetExhausted as exhausted:  # logged after the budget's transaction
             self.flows.audit(flow, "refused", reason="BUDGET_EXHAUSTED")
             raise FlowRefused("BUDGET_EXHAUSTED", str(exhausted)) from exhausted
         released = released_count(intersection_size, epsilon=epsilon, k=agreement.min_audience_k)
@@ -173,6 +149,28 @@ class Exchange:
                          suppressed=released.suppressed, epsilon_spent=str(epsilon),
                          epsilon_remaining=str(budget.remaining))  # fmt: skip
         return count
+
+    def _spend(self, agreement: Agreement, epsilon: Decimal) -> PrivacyBudget:
+        """Charge ``epsilon`` to the agreement's lifetime budget; ``BudgetExhausted`` (and
+        nothing spent) if it would go past the total."""
+        # Locked before it is read: two counts of one agreement never both spend from the
+        # same balance (kernel.db.lock_rows says why the lock comes first).
+        with self._budget_lock, self.engine.begin() as connection:
+            this_agreement = _budgets.c.agreement_id == agreement.agreement_id
+            lock_rows(connection, _budgets.c.spent, this_agreement)
+            spent = connection.execute(
+                select(_budgets.c.spent).where(this_agreement)
+            ).scalar_one_or_none()
+            budget = PrivacyBudget(Decimal(agreement.epsilon_total or "0"), Decimal(spent or "0"))
+            budget = budget.spend(epsilon)  # raises before anything is written
+            values = {"spent": str(budget.spent)}
+            if spent is None:
+                connection.execute(
+                    insert(_budgets).values(agreement_id=agreement.agreement_id, **values)
+                )
+            else:
+                connection.execute(update(_budgets).where(this_agreement).values(values))
+        return budget
 
     def receive_overlap(self, flow: FlowContext, count: OverlapCount) -> None:
         now = self._now()

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,15 @@ from sqlalchemy.engine import URL
 from consent import Channel, CollectionMethod, EventType, Ledger, NewConsentEvent, Notice
 from consent.agreements import Agreement, OutputMode, PartyKeys
 from consent.errors import SubjectNotFound
-from kernel.crypto import SigningKey
+from kernel.crypto import HpkeKeyPair, SigningKey, random_bytes
 from kernel.db import database_url
 from node import delete_customer, open_store, run_import
+from node._exchange import Exchange
 from node._flows import FlowContext, FlowEngine, _holes
 from node._pool import BlindingPool
-from node._tables import BlindUsageRow, FlowRow
+from node._tables import BlindUsageRow, BudgetRow, FlowRow
 from node.blinding import KeyScope
-from node.errors import FlowRefused
+from node.errors import BudgetExhausted, FlowRefused
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 OWNER = "solent-boats"
@@ -337,3 +339,34 @@ def test_the_epoch_cap_counts_every_charge_and_refuses_past_it(node: Node) -> No
     flows = FlowRow.__table__  # type: ignore[attr-defined]
     with node.engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(flows)).scalar_one() == 1
+
+
+def test_the_privacy_budget_spends_each_count_once_from_many_threads(node: Node) -> None:
+    """Sixteen counts of one agreement at once, room for ten: exactly ten spend, six are
+    refused, and the stored balance is the whole budget — no two counts spent from the
+    same balance (the lock comes before the read)."""
+    terms = agreement(output_mode=OutputMode.OVERLAP, epsilon_total="1.0", epsilon_per_count="0.1")
+    exchange = Exchange(
+        node.cached,
+        ledger=node.ledger,
+        signing_key=SigningKey.generate(),
+        hpke_key=HpkeKeyPair(random_bytes(32)),
+        encode=lambda records, at: b"",
+        decode=lambda blob: ([], None),
+    )
+
+    def count(_: int) -> str:
+        try:
+            return str(exchange._spend(terms, Decimal("0.1")).spent)
+        except BudgetExhausted:
+            return "refused"
+
+    with ThreadPoolExecutor(16) as threads:
+        outcomes = list(threads.map(count, range(16)))
+    spent = sorted(Decimal(o) for o in outcomes if o != "refused")
+    assert outcomes.count("refused") == 6
+    assert spent == [Decimal(i) / 10 for i in range(1, 11)]  # each balance spent once
+    budgets = BudgetRow.__table__  # type: ignore[attr-defined]
+    with node.engine.connect() as connection:
+        stored = connection.execute(select(budgets.c.spent)).scalar_one()
+    assert Decimal(stored) == Decimal("1.0")
