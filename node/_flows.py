@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import compress, repeat
-from operator import and_, is_, itemgetter
+from operator import is_, itemgetter
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
@@ -305,19 +305,28 @@ class FlowEngine:
         key = _ConsentedKey(
             purpose, partner, need_channel, tuple(sorted(agreement.identifier_kinds))
         )
-        if members is not None:
-            customers, _, pairs, _ = self._read_consented(key, now, members)
-            return customers, pairs
+        found = self._whole_consented(key, now)
+        if members is None:
+            return found.customers, found.pairs
+        # A segment is the store's consented set (cached, patched) cut to its members.
+        inside = list(
+            compress(found.pairs, map(members.__contains__, map(itemgetter(0), found.pairs)))
+        )
+        return len(set(map(itemgetter(0), inside))), inside
+
+    def _whole_consented(self, key: _ConsentedKey, now: datetime) -> _Consented:
+        """The whole store's consented set under ``key``: cached, patched after small
+        changes, read afresh otherwise."""
         with self._lock:
             cached = self._consented.get(key)
         position = self._position()
         found: _Consented | None = None
         if cached is not None and _still_timely(cached, now):
             if position.same_answer(cached.position):
-                return cached.customers, cached.pairs
+                return cached
             found = self._patched(key, cached, position, now)
         if found is None:
-            customers, changes_at, pairs, decisions = self._read_consented(key, now, None)
+            customers, changes_at, pairs, decisions = self._read_consented(key, now)
             found = _Consented(position, now, changes_at, customers, pairs, decisions)
         # Keep the answer only if nothing changed while it was read (a change commits
         # between the two reads: the positions differ and the next flow reads afresh).
@@ -327,14 +336,13 @@ class FlowEngine:
                 while len(self._consented) >= _CONSENTED_CACHED:
                     del self._consented[next(iter(self._consented))]
                 self._consented[key] = found
-        return found.customers, found.pairs
+        return found
 
     def _read_consented(
-        self, key: _ConsentedKey, now: datetime, members: set[int] | None
+        self, key: _ConsentedKey, now: datetime
     ) -> tuple[int, datetime | None, list[tuple[int, bytes]], dict[int, bool]]:
-        """The consented set (of ``members``, if given), read afresh: how many customers,
-        when time alone could change it, its pairs and — for the whole store, which is
-        cached — each customer's consent decision (empty for a segment)."""
+        """The store's consented set, read afresh: how many customers, when time alone
+        could change it, its pairs and each customer's consent decision."""
         consented, changes_at = self._ledger.valid_subjects_until(
             purpose=key.purpose, recipient=key.partner, now=now, need_channel=key.need_channel
         )
@@ -343,11 +351,7 @@ class FlowEngine:
         # cost a second of every first flow.
         customer_ids = list(map(itemgetter(0), rows))
         valid = list(map(consented.__contains__, map(itemgetter(1), rows)))
-        decisions: dict[int, bool] = {}
-        if members is None:
-            decisions = dict(zip(customer_ids, valid, strict=True))
-        else:
-            valid = list(map(and_, valid, map(members.__contains__, customer_ids)))
+        decisions = dict(zip(customer_ids, valid, strict=True))
         pairs = list(compress(zip(customer_ids, map(itemgetter(2), rows), strict=True), valid))
         return len(set(compress(customer_ids, valid))), changes_at, pairs, decisions
 

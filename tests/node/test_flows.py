@@ -29,7 +29,7 @@ from node import delete_customer, open_store, run_import
 from node._exchange import Exchange
 from node._flows import FlowContext, FlowEngine, _holes
 from node._pool import BlindingPool
-from node._tables import BlindUsageRow, BudgetRow, FlowRow
+from node._tables import BlindUsageRow, BudgetRow, CustomerRow, FlowRow
 from node.blinding import KeyScope
 from node.errors import BudgetExhausted, FlowRefused
 
@@ -70,8 +70,8 @@ def agreement(**changes: Any) -> Agreement:
     return Agreement(**terms)
 
 
-def flow(terms: Agreement, now: datetime) -> FlowContext:
-    return FlowContext(str(uuid.uuid4()), terms.agreement_id, "owner", "all", "", now)
+def flow(terms: Agreement, now: datetime, segment: str = "all") -> FlowContext:
+    return FlowContext(str(uuid.uuid4()), terms.agreement_id, "owner", segment, "", now)
 
 
 def consent(
@@ -111,6 +111,7 @@ class Node:
             now=self.clock,
         )
         self.pool = BlindingPool(1)
+        self.segment: set[str] = set()  # external ids of the members of segment "some"
         self.cached = self._flow_engine()
         self.imports = 0
 
@@ -122,7 +123,17 @@ class Node:
             ledger=self.ledger,
             pool=self.pool,
             now=self.clock,
+            segment_members=self._members,
         )
+
+    def _members(self, segment_id: str) -> set[int]:
+        customers = CustomerRow.__table__  # type: ignore[attr-defined]
+        with self.engine.connect() as connection:
+            return set(
+                connection.execute(
+                    select(customers.c.id).where(customers.c.external_id.in_(self.segment))
+                ).scalars()
+            )
 
     def load(self, rows: list[tuple[str, str, str]]) -> None:
         """Import (external id, e-mail, phone) rows, as a CRM export would bring them."""
@@ -148,12 +159,14 @@ class Node:
         except SubjectNotFound:
             pass
 
-    def check(self, terms: Agreement) -> tuple[int, list[tuple[int, bytes]]]:
+    def check(self, terms: Agreement, segment: str = "all") -> tuple[int, list[tuple[int, bytes]]]:
         """The cached engine answers exactly what a fresh engine reads."""
         now = self.clock.now
-        cached_count, cached_pairs = self.cached.consented_customers(terms, flow(terms, now), now)
+        cached_count, cached_pairs = self.cached.consented_customers(
+            terms, flow(terms, now, segment), now
+        )
         fresh_count, fresh_pairs = self._flow_engine().consented_customers(
-            terms, flow(terms, now), now
+            terms, flow(terms, now, segment), now
         )
         assert cached_count == fresh_count
         assert sorted(cached_pairs) == sorted(fresh_pairs)
@@ -213,6 +226,33 @@ def test_a_change_is_patched_in_without_reading_the_whole_set(
     node.erase("C2")
     assert node.check(terms)[0] == 6
     assert whole_reads == [1], "after an erasure the whole set is read again"
+
+
+def test_a_segment_is_the_cached_consented_set_cut_to_its_members(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node.load([(p, email(p, 0), phone(p, 0)) for p in PEOPLE])
+    node.ledger.record([consent(p, EventType.GIVEN, T0 - timedelta(days=1)) for p in PEOPLE[:6]])
+    node.segment = {"C1", "C2", "C3", "C7"}
+    terms = agreement()
+    count, pairs = node.check(terms, "some")
+    assert count == 3 and len(pairs) == 6  # C7 is a member without consent
+    assert node.check(terms)[0] == 6  # the whole store, from the same cached set
+    whole_reads: list[int] = []
+    read = FlowEngine._read_consented
+
+    def counted(self: FlowEngine, *args: Any) -> Any:
+        if self is node.cached:
+            whole_reads.append(1)
+        return read(self, *args)
+
+    monkeypatch.setattr(FlowEngine, "_read_consented", counted)
+    node.load([("C2", email("C2", 1), "")])  # C2's phone goes, its e-mail changes
+    node.ledger.record([consent("C7", EventType.GIVEN, T0 - timedelta(hours=1))])
+    node.segment = {"C1", "C2", "C7", "C9"}  # membership is asked afresh in every flow
+    count, pairs = node.check(terms, "some")
+    assert count == 3 and len(pairs) == 5
+    assert not whole_reads, "a segment flow should patch the store's cached set too"
 
 
 def test_an_expiry_between_flows_is_seen(node: Node) -> None:
@@ -275,12 +315,17 @@ operations = st.lists(
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=operations, kinds=st.sampled_from([("email",), ("phone",), ("email", "phone")]))
+@given(
+    ops=operations,
+    kinds=st.sampled_from([("email",), ("phone",), ("email", "phone")]),
+    segment=st.sets(st.sampled_from(PEOPLE)),
+)
 def test_the_cached_set_is_always_what_a_fresh_read_gives(
-    ops: list[tuple[str, Any]], kinds: tuple[str, ...]
+    ops: list[tuple[str, Any]], kinds: tuple[str, ...], segment: set[str]
 ) -> None:
     with tempfile.TemporaryDirectory() as directory:
         node = Node(Path(directory))
+        node.segment = segment
         try:
             terms = agreement(identifier_kinds=kinds)
             node.load([(p, email(p, 0), phone(p, 0)) for p in PEOPLE[:4]])
@@ -311,6 +356,7 @@ def test_the_cached_set_is_always_what_a_fresh_read_gives(
                 elif op == "wait":
                     node.clock.now += argument
                 node.check(terms)
+                node.check(terms, "some")
         finally:
             node.close()
 
