@@ -194,14 +194,8 @@ def phone(person: str, version: int) -> str:
     return f"+44 7400 1{int(person[1:]):02d}{version:03d}"
 
 
-def test_a_change_is_patched_in_without_reading_the_whole_set(
-    node: Node, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    node.load([(p, email(p, 0), phone(p, 0)) for p in PEOPLE])
-    node.ledger.record([consent(p, EventType.GIVEN, T0 - timedelta(days=1)) for p in PEOPLE[:6]])
-    terms = agreement()
-    count, pairs = node.check(terms)
-    assert count == 6 and len(pairs) == 12  # an e-mail and a phone each
+def count_whole_reads(node: Node, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one whenever the node's cached engine reads a whole set."""
     whole_reads: list[int] = []
     read = FlowEngine._read_consented
 
@@ -211,6 +205,18 @@ def test_a_change_is_patched_in_without_reading_the_whole_set(
         return read(self, *args)
 
     monkeypatch.setattr(FlowEngine, "_read_consented", counted)
+    return whole_reads
+
+
+def test_a_change_is_patched_in_without_reading_the_whole_set(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node.load([(p, email(p, 0), phone(p, 0)) for p in PEOPLE])
+    node.ledger.record([consent(p, EventType.GIVEN, T0 - timedelta(days=1)) for p in PEOPLE[:6]])
+    terms = agreement()
+    count, pairs = node.check(terms)
+    assert count == 6 and len(pairs) == 12  # an e-mail and a phone each
+    whole_reads = count_whole_reads(node, monkeypatch)
     node.load([("C0", email("C0", 1), phone("C0", 0)), ("C9", email("C9", 0), "")])
     node.ledger.record(
         [
@@ -238,15 +244,7 @@ def test_a_segment_is_the_cached_consented_set_cut_to_its_members(
     count, pairs = node.check(terms, "some")
     assert count == 3 and len(pairs) == 6  # C7 is a member without consent
     assert node.check(terms)[0] == 6  # the whole store, from the same cached set
-    whole_reads: list[int] = []
-    read = FlowEngine._read_consented
-
-    def counted(self: FlowEngine, *args: Any) -> Any:
-        if self is node.cached:
-            whole_reads.append(1)
-        return read(self, *args)
-
-    monkeypatch.setattr(FlowEngine, "_read_consented", counted)
+    whole_reads = count_whole_reads(node, monkeypatch)
     node.load([("C2", email("C2", 1), "")])  # C2's phone goes, its e-mail changes
     node.ledger.record([consent("C7", EventType.GIVEN, T0 - timedelta(hours=1))])
     node.segment = {"C1", "C2", "C7", "C9"}  # membership is asked afresh in every flow
