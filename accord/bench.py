@@ -115,6 +115,21 @@ def _cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def storage_read_bytes(pid: int) -> int:
+    """Bytes ``pid`` and its descendants have read from storage (not the page cache) so
+    far: /proc/PID/io ``read_bytes``; 0 where the kernel does not say."""
+    total = 0
+    for each in (pid, *_descendants(pid)):
+        try:
+            with open(f"/proc/{each}/io") as handle:
+                for line in handle:
+                    if line.startswith("read_bytes:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
 def _vm_hwm(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as handle:

@@ -171,3 +171,24 @@ def test_import_benchmark_reports_what_it_measured(tmp_path: Path) -> None:
     assert report["cpu_s"]["main"] > 0
     assert report["peak_rss_mib"]["main"] > 0
     assert (tmp_path / "store-400.db").exists()
+
+
+def test_match_benchmark_reports_what_it_measured(tmp_path: Path) -> None:
+    """A small run of the match benchmark through its real processes: every flow finds
+    the generator's intersection, and the report carries the floor, the repeats, peak
+    memory and what the first flow read from storage for each process."""
+    run = accord("bench", "match", "--size", "300", "--overlap", "0.4",
+                 "--repeat-churn", "0.1", "--json", "--keep", str(tmp_path))  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    for flow in ("first", "repeat_unchanged", "repeat"):
+        assert report[flow]["state"] == "succeeded", report[flow]
+        assert report[flow]["intersection_found"] == report[flow]["intersection_expected"]
+    assert report["first"]["intersection_expected"] == 120
+    assert report["repeat"]["intersection_expected"] < 120  # churn moved some of them
+    assert report["floor"]["x25519_per_s_all_cores"] > 0 and report["wall_s"] > 0
+    processes = {"broker", "solent-boats", "bluewater-travel"}
+    assert set(report["first"]["storage_read_mib"]) == processes
+    assert all(v >= 0 for v in report["first"]["storage_read_mib"].values())
+    assert set(report["peak_rss_mib"]) == processes
+    assert all(v > 0 for v in report["peak_rss_mib"].values())
