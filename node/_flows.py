@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import compress, repeat
-from operator import is_, itemgetter
+from operator import is_, itemgetter, not_
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
@@ -396,8 +396,10 @@ class FlowEngine:
         decisions = dict(cached.decisions)
         for customer_id, external_id in external_ids.items():
             decisions[customer_id] = external_id in consented
-        kept = [pair for pair in cached.pairs if pair[0] not in changed]
-        removed = len({pair[0] for pair in cached.pairs if pair[0] in changed})
+        # In C: a Python loop over a million cached pairs costs most of a patch.
+        touched = list(map(changed.__contains__, map(itemgetter(0), cached.pairs)))
+        kept = list(compress(cached.pairs, map(not_, touched)))
+        removed = len(set(compress(map(itemgetter(0), cached.pairs), touched)))
         added: set[int] = set()
         for customer_id, point in self._points_of(list(key.kinds), sorted(changed)):
             # A customer with an identifier of the kinds was seen or decided above.
