@@ -115,30 +115,27 @@ def _cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def storage_read_bytes(pid: int) -> int:
-    """Bytes ``pid`` and its descendants have read from storage (not the page cache) so
-    far: /proc/PID/io ``read_bytes``; 0 where the kernel does not say."""
-    total = 0
-    for each in (pid, *_descendants(pid)):
-        try:
-            with open(f"/proc/{each}/io") as handle:
-                for line in handle:
-                    if line.startswith("read_bytes:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
-def _vm_hwm(pid: int) -> int:
+def _proc_field(pid: int, name: str, key: str) -> int:
+    """The first number on the ``key`` line of /proc/PID/``name``; 0 where the kernel
+    does not say (the process is gone, or the file has no such line)."""
     try:
-        with open(f"/proc/{pid}/status") as handle:
+        with open(f"/proc/{pid}/{name}") as handle:
             for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(key):
+                    return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def storage_read_bytes(pid: int) -> int:
+    """Bytes ``pid`` and its descendants have read from storage (not the page cache) so
+    far: /proc/PID/io ``read_bytes``."""
+    return sum(_proc_field(each, "io", "read_bytes:") for each in (pid, *_descendants(pid)))
+
+
+def _vm_hwm(pid: int) -> int:
+    return _proc_field(pid, "status", "VmHWM:") * 1024
 
 
 def mib(value: int) -> float:
