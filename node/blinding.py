@@ -26,7 +26,7 @@ __all__ = [
     "size_bucket",
 ]
 
-HANDLE_SIZE: Final = 16
+HANDLE_SIZE: Final = PositionCipher.BLOCK  # every handle, derived or fresh, is one AES block
 _DUMMY_SALT: Final = b"accord/padding-dummies/v1"
 
 

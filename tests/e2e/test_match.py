@@ -46,11 +46,12 @@ def context(agreement_id: str, role: int) -> flow_pb2.FlowContext:
 Set = tuple[list[bytes], list[bytes]]
 
 
-def blind_set(running: Running, name: str, agreement_id: str, role: int) -> Set:
+def blind_set(running: Running, name: str, agreement_id: str, role: int,
+              ctx: flow_pb2.FlowContext | None = None) -> Set:  # fmt: skip
     tokens: list[bytes] = []
     handles: list[bytes] = []
     for response in as_broker(running, name).BlindSet(
-        node_pb2.BlindSetRequest(flow=context(agreement_id, role)), timeout=120
+        node_pb2.BlindSetRequest(flow=ctx or context(agreement_id, role)), timeout=120
     ):
         tokens.extend(response.batch.tokens)
         handles.extend(response.batch.handles)
@@ -220,13 +221,9 @@ def test_a_recipient_reads_back_only_handles_it_issued_for_that_flow(running: Ru
     agreement_id = running.agreement()
 
     def blinded() -> tuple[flow_pb2.FlowContext, list[bytes]]:
-        ctx = context(agreement_id, flow_pb2.FLOW_ROLE_RECIPIENT)
-        handles: list[bytes] = []
-        for response in as_broker(running, RECIPIENT).BlindSet(
-            node_pb2.BlindSetRequest(flow=ctx), timeout=120
-        ):
-            handles.extend(response.batch.handles)
-        return ctx, handles
+        role = flow_pb2.FLOW_ROLE_RECIPIENT
+        ctx = context(agreement_id, role)
+        return ctx, blind_set(running, RECIPIENT, agreement_id, role, ctx)[1]
 
     for forged in (
         lambda own, other: [own[0], bytes(16)],  # made up
