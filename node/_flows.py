@@ -539,7 +539,7 @@ class FlowEngine:
         flow refused). One pass over the cache: the stream reuses the answer."""
         with self._lock:
             looked = list(map(self._cache.map_for(scope).get, inputs))
-        count = len(set(compress(inputs, map(is_, looked, repeat(None)))))
+        count = len(set(map(inputs.__getitem__, _holes(looked))))
         # Two flows that miss the same inputs at once both count them: the cap errs on the
         # side of counting too much, never too little.
         self._charge(agreement, scope, count)
