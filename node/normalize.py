@@ -155,6 +155,14 @@ def normalize_phone(raw: str, default_region: str) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+def example_phone(region: str) -> str | None:
+    """A valid number of ``region`` as its people write it (national format), if any."""
+    example = phonenumbers.example_number(region)
+    if example is None:
+        return None
+    return str(phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL))
+
+
 def _is_valid_number(number: phonenumbers.PhoneNumber) -> bool:
     """``phonenumbers.is_valid_number``, several times faster for most numbers.
 
@@ -193,17 +201,18 @@ def _main_region_checks(country_code: int) -> tuple[_DescCheck, list[_DescCheck]
     general = _desc_check(metadata.general_desc)
     types = [
         _desc_check(desc)
+        # Any matching type will do, so the types most numbers are come first.
         for desc in (
-            metadata.premium_rate,
+            metadata.mobile,
+            metadata.fixed_line,
             metadata.toll_free,
-            metadata.shared_cost,
             metadata.voip,
+            metadata.premium_rate,
+            metadata.shared_cost,
             metadata.personal_number,
             metadata.pager,
             metadata.uan,
             metadata.voicemail,
-            metadata.fixed_line,
-            metadata.mobile,
         )
         if desc is not None and desc.national_number_pattern
     ]

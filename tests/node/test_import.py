@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import csv
+import gc
+import io
 import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError
 
 from kernel.crypto import hash_to_curve
 from node import open_store, run_import, store_counts
+from node._import import MAX_CSV_RECORD, CsvLines, ImportSummary, csv_line_chunks, csv_records
 from node._tables import CustomerRow, IdentifierRow, InterestRow, PurchaseRow
 from node.errors import ImportSourceError
 
@@ -267,3 +273,69 @@ def test_unreadable_source_is_a_clear_error(store: Engine, tmp_path: Path) -> No
         do_import(store, tmp_path / "customers.xlsx", tmp_path)
     with pytest.raises(ImportSourceError, match="cannot open"):
         do_import(store, tmp_path / "missing.csv", tmp_path)
+
+
+# Text a CSV export could hold, biased towards what decides where records end: quotes
+# (opening, doubled, stray), delimiters and every kind of line break.
+_CSV_TEXT = st.lists(st.sampled_from(['"', '"', ",", "\n", "\r", "\r\n", "a", " "])).map("".join)
+
+
+@given(body=_CSV_TEXT, size=st.integers(min_value=1, max_value=4))
+@settings(max_examples=400, deadline=None)
+def test_cutting_a_csv_file_into_chunks_reads_the_same_records(body: str, size: int) -> None:
+    """Workers parse the chunks on their own: where the file is cut must change nothing."""
+    header = "external_id,email\n"
+    summary = ImportSummary()
+    work = list(csv_line_chunks(io.StringIO(header + body, newline=""), {}, summary, size))
+    chunked = [
+        row
+        for chunk in work
+        for row in (csv_records(chunk) if isinstance(chunk, CsvLines) else chunk)
+    ]
+    # The whole file in one piece is what the csv module reads from start to end.
+    whole = CsvLines(2, ("external_id", "email"), io.StringIO(body, newline="").readlines())
+    assert chunked == list(csv_records(whole))
+    assert all(isinstance(chunk, CsvLines) and chunk.lines for chunk in work)
+
+
+def test_an_unclosed_quote_is_one_reject_and_reading_goes_on(store: Engine, tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    opening = 'A2,"unclosed@example.com\n'
+    run_on = [f"B{n},b{n}@example.com\n" for n in range(MAX_CSV_RECORD // 16)]
+    source.write_text("external_id,email\nA1,a@example.com\n" + opening + "".join(run_on))
+    summary = do_import(store, source, tmp_path, workers=2, batch_size=1000)
+    (reject,) = read_rejects(tmp_path / "rejects.csv")
+    assert reject["line"] == "3" and "closing quote" in reject["reason"]
+    # The record ends with the line that takes it past the limit; the lines after it are
+    # rows again.
+    swallowed, chars = 0, len(opening)
+    while chars <= MAX_CSV_RECORD:
+        chars += len(run_on[swallowed])
+        swallowed += 1
+    assert summary.imported == 1 + len(run_on) - swallowed > 1
+    assert summary.rows == summary.imported + summary.rejected
+
+
+def test_import_leaves_the_connection_and_collector_as_it_found_them(
+    store: Engine, tmp_path: Path
+) -> None:
+    """The writer skips SQLite's foreign-key checks and the collector pauses, for the
+    import only: the pooled connection checks keys again and the collector runs."""
+    do_import(store, write_csv(tmp_path / "in.csv", GOOD), tmp_path)
+    assert gc.isenabled()
+    with store.connect() as connection:
+        if store.dialect.name == "sqlite":
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
+        ghost = {"c": 10**9, "k": "email", "v": "x", "p": b"\0" * 32}
+        with pytest.raises(IntegrityError):
+            connection.execute(
+                text("INSERT INTO identifiers (customer_id, kind, value, point) "
+                     "VALUES (:c, :k, :v, :p)"), ghost
+            )  # fmt: skip
+    gc.disable()
+    try:
+        do_import(store, write_csv(tmp_path / "in.csv", GOOD), tmp_path)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
