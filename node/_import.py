@@ -47,6 +47,7 @@ WORKER_CHUNK = 1000
 # becomes a lone surrogate in U+DC80..U+DCFF, which marks its row for the reject file.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 _LOOKUP_CHUNK = 500  # external ids per IN (...) lookup
+_LAST_CUSTOMER_ID = "SELECT coalesce(max(id), 0) FROM customers"
 _CUSTOMER_COLUMNS = (
     "external_id",
     "first_name",
@@ -702,12 +703,19 @@ class _BulkWriter:
         stamp = self._timestamp(now)
         with_ids: list[tuple[int, PreparedCustomer]] = list(changed)
         if new:
+            last_id = self._last_id(connection) if self._sqlite else None
             connection.exec_driver_sql(
                 self._insert_customers,
                 [(c.external_id, *c.attributes, c.digest, stamp, stamp, generation) for c in new],
             )
-            ids = self._lookup(connection, [c.external_id for c in new])
-            with_ids.extend((ids[c.external_id][0], c) for c in new)
+            if last_id is not None and self._last_id(connection) == last_id + len(new):
+                # SQLite gives each new row the largest id so far plus one (it only
+                # picks at random once ids reach 2**63 - 1, and then this check fails):
+                # the batch's ids are the next len(new) in insertion order.
+                with_ids.extend(zip(range(last_id + 1, last_id + 1 + len(new)), new, strict=True))
+            else:
+                ids = self._lookup(connection, [c.external_id for c in new])
+                with_ids.extend((ids[c.external_id][0], c) for c in new)
         if changed:
             changed_ids = [cid for cid, _ in changed]
             for table in (_identifiers, _interests, _purchases):
@@ -742,9 +750,13 @@ class _BulkWriter:
         for start in range(0, len(external_ids), _LOOKUP_CHUNK):
             chunk = external_ids[start : start + _LOOKUP_CHUNK]
             result = connection.exec_driver_sql(self._lookup_sql(len(chunk)), tuple(chunk))
-            for row_id, external_id, digest in result:
+            for row_id, external_id, digest in result.all():
                 found[external_id] = (row_id, bytes(digest))
         return found
+
+    @staticmethod
+    def _last_id(connection: Connection) -> int:
+        return int(connection.exec_driver_sql(_LAST_CUSTOMER_ID).scalar_one())
 
     def _lookup_sql(self, size: int) -> str:
         sql = self._lookups.get(size)

@@ -15,6 +15,7 @@ separated by ``;``; at least one identifier is required), ``first_name``, ``last
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 _MAX_AMOUNT = Decimal("1e10")
 _CENT = Decimal("0.01")
 _TOKEN = re.compile(r"^[a-z0-9][a-z0-9 _&/-]{0,63}\Z")
-_COUNTRIES = frozenset(phonenumbers.SUPPORTED_REGIONS)
+_COUNTRIES = {code: code for code in phonenumbers.SUPPORTED_REGIONS}  # to the shared constant
 _IDENTIFIER_COLUMNS = tuple((kind, kind.value) for kind in IdentifierKind)
 
 
@@ -123,16 +124,23 @@ def parse_record(fields: Mapping[str, Any], *, default_region: str) -> CustomerR
     return CustomerRecord(
         external_id=external_id,
         identifiers=identifiers,
-        first_name=_text(fields.get("first_name"), "first_name"),
-        last_name=_text(fields.get("last_name"), "last_name"),
+        first_name=_shared(_text(fields.get("first_name"), "first_name")),
+        last_name=_shared(_text(fields.get("last_name"), "last_name")),
         country=country,
         age_band=_choice(fields.get("age_band"), "age_band", AGE_BANDS),
-        region=_text(fields.get("region"), "region"),
+        region=_shared(_text(fields.get("region"), "region")),
         loyalty_tier=_choice(fields.get("loyalty_tier"), "loyalty_tier", LOYALTY_TIERS),
         interests=_interests(fields.get("interests")),
         channels=_channels(fields.get("channels")),
         purchases=_purchases(fields.get("purchases")),
     )
+
+
+def _shared(text: str | None) -> str | None:
+    """One object for every copy of a value that repeats across rows (names, regions,
+    categories): a chunk's results then pickle each such value once, and the writer
+    holds one copy instead of one per row."""
+    return None if text is None else sys.intern(text)
 
 
 def _items(value: Any, column: str) -> list[str]:
@@ -173,8 +181,8 @@ def _country(value: Any) -> str | None:
     text = _text(value, "country")
     if text is None:
         return None
-    code = text.upper()
-    if code not in _COUNTRIES:
+    code = _COUNTRIES.get(text.upper())
+    if code is None:
         raise InvalidRow("country is not an ISO 3166 alpha-2 code")
     return code
 
@@ -186,7 +194,7 @@ def _choice(value: Any, column: str, allowed: tuple[str, ...]) -> str | None:
     choice = text.lower()
     if choice not in allowed:
         raise InvalidRow(f"{column} must be one of {', '.join(allowed)}")
-    return choice
+    return allowed[allowed.index(choice)]  # the shared constant
 
 
 def _identifiers(fields: Mapping[str, Any], *, phone_region: str) -> tuple[Identifier, ...]:
@@ -220,7 +228,7 @@ def _interests(value: Any) -> tuple[str, ...]:
             raise InvalidRow(
                 "interests must be short lower-case words (letters, digits, space, _ & / -)"
             )
-        interests[token] = None
+        interests[sys.intern(token)] = None
     return tuple(interests)
 
 
@@ -272,4 +280,4 @@ def _purchase(raw_date: Any, raw_category: Any, raw_amount: Any) -> Purchase:
     cents = amount.quantize(_CENT)
     if cents != amount:
         raise InvalidRow("purchase amount has more than two decimals")
-    return Purchase(purchased_on, category, cents)
+    return Purchase(purchased_on, sys.intern(category), cents)

@@ -339,3 +339,30 @@ def test_import_leaves_the_connection_and_collector_as_it_found_them(
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_children_find_their_customer_when_ids_are_not_sequential(
+    store: Engine, tmp_path: Path
+) -> None:
+    """The writer takes a batch's new ids to be the next ones after the largest, which
+    SQLite guarantees until an id reaches 2**63 - 1; past that it picks ids at random, and
+    the writer must notice and look them up."""
+    if store.dialect.name == "sqlite":
+        with store.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO customers (id, external_id, channel_email, channel_phone, "
+                "channel_post, channel_sms, record_digest, created_at, updated_at) "
+                "VALUES (9223372036854775807, 'last', 0, 0, 0, 0, x'00', '2026-01-01', "
+                "'2026-01-01')"
+            )
+    do_import(store, write_csv(tmp_path / "in.csv", GOOD), tmp_path, batch_size=2)
+    assert identifiers_of(store, "C1") == {
+        ("email", "alice.smith@example.com"),
+        ("phone", "+447911123456"),
+    }
+    assert identifiers_of(store, "C3") == {("phone", "+442079460018")}
+    assert identifiers_of(store, "C4") == {
+        ("email", "carol+crm@gmail.com"),
+        ("email", "carol.alt@example.org"),
+        ("phone", "+447123654321"),
+    }
