@@ -317,6 +317,8 @@ def csv_records(chunk: CsvLines) -> Iterator[RawRow | Reject]:
     """The rows of a chunk, each with the physical line it starts on (runs in workers)."""
     csv.field_size_limit(MAX_CSV_RECORD)  # per process; no field is longer than its record
     names = chunk.names
+    # Undecodable bytes are rare: one search over the chunk spares one per cell.
+    undecodable = any(map(_UNDECODABLE.search, chunk.lines))
     reader = csv.reader(chunk.lines)
     consumed = 0  # lines of the chunk read so far
     while True:
@@ -330,7 +332,7 @@ def csv_records(chunk: CsvLines) -> Iterator[RawRow | Reject]:
             yield Reject(start, "", f"the CSV row cannot be parsed: {exc}")
             continue
         consumed = reader.line_num
-        if not cells or all(not c.strip() for c in cells):
+        if not "".join(cells).strip():
             continue  # blank line: not a row
         if len(cells) != len(names):
             yield Reject(start, "", f"row has {len(cells)} fields but the header has {len(names)}")
@@ -338,7 +340,7 @@ def csv_records(chunk: CsvLines) -> Iterator[RawRow | Reject]:
         fields = {
             name: (cell if cell != "" else None) for name, cell in zip(names, cells, strict=True)
         }
-        if any(map(_UNDECODABLE.search, cells)):
+        if undecodable and any(map(_UNDECODABLE.search, cells)):
             yield Reject(start, _external_id_for_reject(fields), "row is not valid UTF-8")
             continue
         yield (start, fields)

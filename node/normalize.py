@@ -150,9 +150,12 @@ def normalize_phone(raw: str, default_region: str) -> str:
     if number.extension:
         # Dropping it could merge everyone behind one switchboard; keeping it is not E.164.
         raise InvalidPhone("phone has an extension")
-    if not _is_valid_number(number):
+    national = phonenumbers.national_significant_number(number)
+    if not _is_valid_number(number, national):
         raise InvalidPhone("phone is not a valid number for its country")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    # What format_number(number, E164) returns for every valid number, without its
+    # second computation of the national significant number.
+    return f"+{number.country_code}{national}"
 
 
 def example_phone(region: str) -> str | None:
@@ -163,7 +166,7 @@ def example_phone(region: str) -> str | None:
     return str(phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL))
 
 
-def _is_valid_number(number: phonenumbers.PhoneNumber) -> bool:
+def _is_valid_number(number: phonenumbers.PhoneNumber, national: str) -> bool:
     """``phonenumbers.is_valid_number``, several times faster for most numbers.
 
     ``is_valid_number`` finds the number's region by trying each region of its calling
@@ -177,10 +180,11 @@ def _is_valid_number(number: phonenumbers.PhoneNumber) -> bool:
     """
     checks = _main_region_checks(number.country_code or 0)
     if checks is not None:
-        national = phonenumbers.national_significant_number(number)
         general, types = checks
-        if _matches(national, general) and any(_matches(national, t) for t in types):
-            return True
+        if _matches(national, general):
+            for number_type in types:
+                if _matches(national, number_type):
+                    return True
     return bool(phonenumbers.is_valid_number(number))
 
 

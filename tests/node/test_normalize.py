@@ -151,7 +151,15 @@ def test_fast_validity_equals_phonenumbers(region: str, digits: str, internation
         number = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException:
         return
-    assert _is_valid_number(number) == phonenumbers.is_valid_number(number)
+    valid = phonenumbers.is_valid_number(number)
+    assert fast_valid(number) == valid
+    if valid:  # and normalize_phone writes what phonenumbers' E.164 formatting would
+        e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        assert normalize_phone(raw, region) == e164
+
+
+def fast_valid(number: phonenumbers.PhoneNumber) -> bool:
+    return _is_valid_number(number, phonenumbers.national_significant_number(number))
 
 
 @pytest.mark.parametrize("region", sorted(phonenumbers.SUPPORTED_REGIONS))
@@ -166,8 +174,8 @@ def test_fast_validity_on_each_regions_example_numbers(region: str) -> None:
         example = phonenumbers.example_number_for_type(region, kind)
         if example is None:
             continue
-        assert _is_valid_number(example) == phonenumbers.is_valid_number(example)
+        assert fast_valid(example) == phonenumbers.is_valid_number(example)
         national = phonenumbers.national_significant_number(example)
         for cut in (1, 2):
             shorter = phonenumbers.parse(f"+{example.country_code}{national[:-cut]}", None)
-            assert _is_valid_number(shorter) == phonenumbers.is_valid_number(shorter)
+            assert fast_valid(shorter) == phonenumbers.is_valid_number(shorter)
