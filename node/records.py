@@ -54,6 +54,13 @@ MAX_TEXT = 128
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 _MAX_AMOUNT = Decimal("1e10")
 _CENT = Decimal("0.01")
+# A purchase item as exports write it (2025-06-01:sailing:1200.50): checked by one
+# regular expression, it needs none of `_purchase`'s clean-up. A property test checks
+# that both read every item alike.
+_PLAIN_PURCHASE = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}):([a-z0-9](?:[a-z0-9 _&/-]{0,62}[a-z0-9_&/-])?)"
+    r":([0-9]{1,10}(?:\.[0-9]{1,2})?)\Z"
+)
 _TOKEN = re.compile(r"^[a-z0-9][a-z0-9 _&/-]{0,63}\Z")
 _COUNTRIES = {code: code for code in phonenumbers.SUPPORTED_REGIONS}  # to the shared constant
 _IDENTIFIER_COLUMNS = tuple((kind, kind.value) for kind in IdentifierKind)
@@ -148,12 +155,15 @@ def _items(value: Any, column: str) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
+        if LIST_SEPARATOR not in value:  # most cells hold one item
+            item = value.strip()
+            return [item] if item else []
         parts = value.split(LIST_SEPARATOR)
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
         parts = value
     else:
         raise InvalidRow(f"{column} must be text or a list of text")
-    return [p for p in (part.strip() for part in parts) if p]
+    return [item for item in map(str.strip, parts) if item]
 
 
 def _text(value: Any, column: str) -> str | None:
@@ -246,17 +256,37 @@ def _purchases(value: Any) -> tuple[Purchase, ...]:
     if value is None or value == "":
         return ()
     if isinstance(value, str):
-        triples: list[tuple[Any, Any, Any]] = []
+        items: list[tuple[Any, Any, Any] | re.Match[str]] = []
         for item in _items(value, "purchases"):
+            written_plainly = _PLAIN_PURCHASE.match(item)
+            if written_plainly is not None:
+                items.append(written_plainly)
+                continue
             parts = item.split(":")
             if len(parts) != 3:
                 raise InvalidRow("each purchase must read date:category:amount")
-            triples.append((parts[0], parts[1], parts[2]))
+            items.append((parts[0], parts[1], parts[2]))
+        return tuple(
+            _plain_purchase(item) if isinstance(item, re.Match) else _purchase(*item)
+            for item in items
+        )
     elif isinstance(value, list) and all(isinstance(v, dict) for v in value):
         triples = [(v.get("date"), v.get("category"), v.get("amount")) for v in value]
     else:
         raise InvalidRow("purchases must be date:category:amount items or a list of objects")
     return tuple(_purchase(*triple) for triple in triples)
+
+
+def _plain_purchase(item: re.Match[str]) -> Purchase:
+    """`_purchase` for an item `_PLAIN_PURCHASE` matched: nothing to strip or lower-case,
+    the category is a token, the amount is in range with at most two decimals; only
+    the calendar can still refuse the date."""
+    day, category, amount = item.groups()
+    try:
+        purchased_on = date.fromisoformat(day)
+    except ValueError:
+        return _purchase(day, category, amount)  # which names the rule
+    return Purchase(purchased_on, sys.intern(category), Decimal(amount).quantize(_CENT))
 
 
 def _purchase(raw_date: Any, raw_category: Any, raw_amount: Any) -> Purchase:
