@@ -103,7 +103,7 @@ class CustomerRecord:
         """
         parts = [
             self.external_id,
-            _US.join(sorted(f"{i.kind.value}:{i.value}" for i in self.identifiers)),
+            _US.join(sorted([f"{i.kind.value}:{i.value}" for i in self.identifiers])),
             self.first_name or "",
             self.last_name or "",
             self.country or "",
@@ -114,7 +114,10 @@ class CustomerRecord:
             _US.join(sorted(self.channels)),
             _US.join(
                 sorted(
-                    f"{p.purchased_on.isoformat()}:{p.category}:{p.amount}" for p in self.purchases
+                    [
+                        f"{p.purchased_on.isoformat()}:{p.category}:{p.amount}"
+                        for p in self.purchases
+                    ]
                 )
             ),
         ]
@@ -208,7 +211,7 @@ def _choice(value: Any, column: str, allowed: tuple[str, ...]) -> str | None:
 
 
 def _identifiers(fields: Mapping[str, Any], *, phone_region: str) -> tuple[Identifier, ...]:
-    found: dict[str, Identifier] = {}  # "kind:value" -> identifier; a repeat counts once
+    found: dict[tuple[IdentifierKind, str], Identifier] = {}  # a repeat counts once
     for kind, column in _IDENTIFIER_COLUMNS:
         raw_values = _items(fields.get(column), column)
         if len(raw_values) > MAX_IDENTIFIERS_PER_KIND:
@@ -222,9 +225,8 @@ def _identifiers(fields: Mapping[str, Any], *, phone_region: str) -> tuple[Ident
             except InvalidIdentifier as exc:
                 where = f"{column} #{position}" if len(raw_values) > 1 else column
                 raise InvalidRow(f"{where}: {exc}") from exc
-            key = f"{column}:{value}"
-            if key not in found:
-                found[key] = Identifier(kind, value, hash_to_curve(column, value))
+            if (kind, value) not in found:
+                found[kind, value] = Identifier(kind, value, hash_to_curve(column, value))
     if not found:
         raise InvalidRow("no e-mail or phone: the customer could never be matched")
     return tuple(found.values())

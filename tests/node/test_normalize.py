@@ -10,13 +10,15 @@ from typing import Any
 
 import phonenumbers
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from node.errors import InvalidEmail, InvalidIdentifier, InvalidPhone
 from node.normalize import (
+    _PARSE_ERRORS,
     IdentifierKind,
     _is_valid_number,
+    _parse_plain,
     normalize_email,
     normalize_identifier,
     normalize_phone,
@@ -179,3 +181,79 @@ def test_fast_validity_on_each_regions_example_numbers(region: str) -> None:
         for cut in (1, 2):
             shorter = phonenumbers.parse(f"+{example.country_code}{national[:-cut]}", None)
             assert fast_valid(shorter) == phonenumbers.is_valid_number(shorter)
+
+
+def reference_phone(raw: str, region: str) -> str:
+    """normalize_phone's rules through phonenumbers.parse alone: the behaviour the plain
+    path must reproduce."""
+    try:
+        number = phonenumbers.parse(raw.strip(), region)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidPhone(_PARSE_ERRORS.get(exc.error_type, "phone cannot be parsed")) from None
+    if number.extension:
+        raise InvalidPhone("phone has an extension")
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidPhone("phone is not a valid number for its country")
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def phone_outcome(read: Any, raw: str, region: str) -> str:
+    try:
+        return str(read(raw, region))
+    except InvalidPhone as exc:
+        return f"refused: {exc}"
+
+
+@st.composite
+def plainly_written_phones(draw: st.DrawFn) -> tuple[str, str]:
+    """A region and a number as people write it there or abroad: a prefix (none, +, the
+    region's own country code, 00, 011, a trunk 0 or (0)), digits, and separators."""
+    region = draw(st.sampled_from(sorted(phonenumbers.SUPPORTED_REGIONS)))
+    code = str(phonenumbers.country_code_for_region(region))
+    other = str(
+        phonenumbers.country_code_for_region(draw(st.sampled_from(["GB", "US", "IT", "AR", "DE"])))
+    )
+    prefix = draw(
+        st.sampled_from(
+            ["", "+", f"+{code} ", f"+{code} (0)", f"+{other} ", code, "00", "011", "0", "(0", "+0"]
+        )
+    )
+    example = phonenumbers.example_number(region)
+    national = str(example.national_number) if example is not None else "2015550123"
+    digits = draw(st.just(national) | st.text("0123456789", min_size=1, max_size=18))
+    if draw(st.booleans()):  # change a digit or two of a real number
+        at = draw(st.integers(0, len(digits) - 1))
+        digits = digits[:at] + draw(st.sampled_from("0123456789")) + digits[at + 1 :]
+    pieces, rest = [], digits
+    while rest:
+        size = draw(st.integers(1, 4))
+        pieces.append(rest[:size])
+        rest = rest[size:]
+    separator = draw(st.sampled_from([" ", "-", ".", "", ") "]))
+    return prefix + separator.join(pieces), region
+
+
+@settings(max_examples=3000)
+@given(case=plainly_written_phones())
+@example(case=("1-2", "GB"))
+@example(case=("07911 123456", "gb"))
+@example(case=("+44 (0) 7911 123456", "GB"))
+@example(case=("0044 7911 123456", "GB"))
+@example(case=("447911123456", "GB"))
+@example(case=("06 12 34 56 78", "IT"))
+def test_the_plain_path_reads_phones_as_phonenumbers_parse_does(case: tuple[str, str]) -> None:
+    raw, region = case
+    assert phone_outcome(normalize_phone, raw, region) == phone_outcome(
+        reference_phone, raw, region
+    )
+    plain = _parse_plain(raw, region)
+    if plain is not None:
+        parsed = phonenumbers.parse(raw, region)
+        assert (parsed.country_code, phonenumbers.national_significant_number(parsed)) == plain
+
+
+def test_the_plain_path_is_taken_for_the_usual_spellings() -> None:
+    for raw in ("07911 123456", "(07911) 123-456", "+44 7911 123456", "+44 (0)7911 123456"):
+        assert _parse_plain(raw, "GB") == (44, "7911123456")
+    for raw in ("0044 7911 123456", "447911123456", "7911 123456 ext. 12", "+44 7911 123456#"):
+        assert _parse_plain(raw, "GB") is None
