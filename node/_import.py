@@ -274,8 +274,16 @@ def csv_line_chunks(
     if not header:
         return
     if quoted or sum(map(len, header)) > MAX_CSV_RECORD:
-        raise ImportSourceError("the CSV header cannot be read: a quoted field never closes")
-    names = tuple(mapping.get(name.strip(), name.strip()) for name in next(csv.reader(header), []))
+        raise ImportSourceError(
+            f"the CSV header cannot be read: a quoted field never closes, or it is longer "
+            f"than {MAX_CSV_RECORD:,} characters"
+        )
+    csv.field_size_limit(MAX_CSV_RECORD)
+    try:
+        cells = next(csv.reader(header), [])
+    except csv.Error as exc:
+        raise ImportSourceError(f"the CSV header cannot be read: {exc}") from exc
+    names = tuple(mapping.get(name.strip(), name.strip()) for name in cells)
     _check_columns(list(names), summary)
     first_line = len(header) + 1
     chunk: list[str] = []
@@ -581,7 +589,7 @@ def _worker_ready(default_region: str) -> None:
 
     Validating a row allocates thousands of small objects, so the collector runs often,
     and each full collection walks every live object: the modules and phonenumbers'
-    metadata, which never become garbage. Frozen, they are skipped (about 8% of a
+    metadata, which never become garbage. Frozen, they are skipped (a few percent of a
     worker's time in ``accord bench import``).
     """
     warm_up = {

@@ -366,3 +366,10 @@ def test_children_find_their_customer_when_ids_are_not_sequential(
         ("email", "carol.alt@example.org"),
         ("phone", "+447123654321"),
     }
+
+
+def test_a_header_that_never_ends_is_a_clear_error(store: Engine, tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text('external_id,"email\nA1,a@example.com\n', encoding="utf-8")
+    with pytest.raises(ImportSourceError, match="header cannot be read: a quoted field"):
+        do_import(store, source, tmp_path)
