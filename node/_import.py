@@ -47,7 +47,6 @@ WORKER_CHUNK = 1000
 # becomes a lone surrogate in U+DC80..U+DCFF, which marks its row for the reject file.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 _LOOKUP_CHUNK = 500  # external ids per IN (...) lookup
-_LAST_CUSTOMER_ID = "SELECT coalesce(max(id), 0) FROM customers"
 _CUSTOMER_COLUMNS = (
     "external_id",
     "first_name",
@@ -656,6 +655,7 @@ class _BulkWriter:
                 "changed_generation",
             ),
         )
+        self._last_id_sql = f"SELECT coalesce(max(id), 0) FROM {_customers.name}"
         self._insert_identifiers = statement(
             _identifiers, ("customer_id", "kind", "value", "point")
         )
@@ -764,9 +764,8 @@ class _BulkWriter:
                 found[external_id] = (row_id, bytes(digest))
         return found
 
-    @staticmethod
-    def _last_id(connection: Connection) -> int:
-        return int(connection.exec_driver_sql(_LAST_CUSTOMER_ID).scalar_one())
+    def _last_id(self, connection: Connection) -> int:
+        return int(connection.exec_driver_sql(self._last_id_sql).scalar_one())
 
     def _lookup_sql(self, size: int) -> str:
         sql = self._lookups.get(size)

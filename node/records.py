@@ -257,8 +257,10 @@ def _channels(value: Any) -> tuple[str, ...]:
 def _purchases(value: Any) -> tuple[Purchase, ...]:
     if value is None or value == "":
         return ()
+    # Every item's shape is checked before any item's fields, so the first rule a cell
+    # breaks is named whatever its order.
+    items: list[tuple[Any, Any, Any] | re.Match[str]] = []
     if isinstance(value, str):
-        items: list[tuple[Any, Any, Any] | re.Match[str]] = []
         for item in _items(value, "purchases"):
             written_plainly = _PLAIN_PURCHASE.match(item)
             if written_plainly is not None:
@@ -268,15 +270,13 @@ def _purchases(value: Any) -> tuple[Purchase, ...]:
             if len(parts) != 3:
                 raise InvalidRow("each purchase must read date:category:amount")
             items.append((parts[0], parts[1], parts[2]))
-        return tuple(
-            _plain_purchase(item) if isinstance(item, re.Match) else _purchase(*item)
-            for item in items
-        )
     elif isinstance(value, list) and all(isinstance(v, dict) for v in value):
-        triples = [(v.get("date"), v.get("category"), v.get("amount")) for v in value]
+        items = [(v.get("date"), v.get("category"), v.get("amount")) for v in value]
     else:
         raise InvalidRow("purchases must be date:category:amount items or a list of objects")
-    return tuple(_purchase(*triple) for triple in triples)
+    return tuple(
+        _plain_purchase(item) if isinstance(item, re.Match) else _purchase(*item) for item in items
+    )
 
 
 def _plain_purchase(item: re.Match[str]) -> Purchase:
