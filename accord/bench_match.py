@@ -12,6 +12,9 @@ e-mails of a fraction C of each store and asks again in the same epoch, which th
 epoch caches should make cheap. ``first.storage_read_mib`` says how much each process
 read from storage rather than the page cache during the first flow: a cold store
 (this VM drops its page cache within minutes of the build) shows there, not in a guess.
+Each flow's ``cpu_s`` gives the CPU seconds each process's main process and worker pool
+used during it: with both cores busy the sum bounds the wall time, and the split says
+whose work to cut.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from accord.bench import PeakRss, _descendants, _vm_hwm, mib, storage_read_bytes
+from accord.bench import PeakRss, _cpu_s, _descendants, _vm_hwm, mib, storage_read_bytes
 from accord.client import Terms, operator_stub, propose, request_audience, sign
 from accord.exchange import LocalExchange
 from accord.synthetic import person
@@ -192,6 +195,7 @@ def match_benchmark(
             sign(recipient_stub, agreement_id, proposed.agreement_digest)
 
             reads = _storage_reads(exchange)
+            cpu = _cpu_use(exchange)
             with PeakRss():
                 started = time.perf_counter()
                 first = request_audience(recipient_stub, agreement_id)
@@ -200,6 +204,7 @@ def match_benchmark(
             # What the first flow read from storage rather than the page cache: this VM
             # drops its page cache within minutes, and a cold store costs the first run.
             result["first"]["storage_read_mib"] = reads()
+            result["first"]["cpu_s"] = cpu()
             result["wall_s"] = round(first_s, 2)
             result["wall_over_floor"] = round(first_s / result["floor"]["floor_s"], 2)
             # The same request again, nothing changed: epoch caches and the cached
@@ -209,6 +214,7 @@ def match_benchmark(
             unchanged = request_audience(recipient_stub, agreement_id)
             unchanged_s = time.perf_counter() - started
             result["repeat_unchanged"] = _flow_result(unchanged, unchanged_s, expected=shared)
+            result["repeat_unchanged"]["cpu_s"] = cpu()
             result["repeat_unchanged_over_first"] = round(unchanged_s / first_s, 3)
             if churn:
                 changed_owner = _churn(root, OWNER, owner_db, owner_people, churn, seed)
@@ -219,11 +225,13 @@ def match_benchmark(
                     i for i in range(size - shared, size)
                     if i not in changed_owner and i not in changed_recipient
                 }  # fmt: skip
+                cpu()  # the churn's imports ran in this process, not in the servers
                 started = time.perf_counter()
                 again = request_audience(recipient_stub, agreement_id)
                 again_s = time.perf_counter() - started
                 result["repeat"] = _flow_result(again, again_s, expected=len(still))
                 result["repeat"]["churn"] = churn
+                result["repeat"]["cpu_s"] = cpu()
                 result["repeat_over_first"] = round(again_s / first_s, 3)
             result["peak_rss_mib"] = {
                 process.name: _rss_tree(process.pid) for process in exchange.processes
@@ -237,6 +245,35 @@ def _storage_reads(exchange: LocalExchange) -> Callable[[], dict[str, float]]:
     return lambda: {
         p.name: mib(storage_read_bytes(p.pid) - before[p.name]) for p in exchange.processes
     }
+
+
+def _cpu_use(exchange: LocalExchange) -> Callable[[], dict[str, dict[str, float]]]:
+    """Call the result to get the CPU seconds each process (its main process, and its
+    worker pool) used since the last call: with both cores busy, a flow's wall time is
+    bound by their sum, and the split says whose work to cut."""
+
+    def now() -> dict[str, dict[str, float]]:
+        return {
+            p.name: {
+                "main": _cpu_s(p.pid) or 0.0,
+                "workers": sum(_cpu_s(child) or 0.0 for child in _descendants(p.pid)),
+            }
+            for p in exchange.processes
+        }
+
+    last = now()
+
+    def since() -> dict[str, dict[str, float]]:
+        nonlocal last
+        current = now()
+        used = {
+            name: {part: round(current[name][part] - last[name][part], 2) for part in parts}
+            for name, parts in current.items()
+        }
+        last = current
+        return used
+
+    return since
 
 
 def _flow_result(response: Any, seconds: float, *, expected: int) -> dict[str, Any]:

@@ -418,18 +418,24 @@ class FlowEngine:
 
     def _points_of(self, kinds: list[str], customers: list[int]) -> list[tuple[int, bytes]]:
         """(customer id, point) of the identifiers of ``kinds`` of ``customers``: from the
-        identifiers alone (their customer-id index), not joined to customers."""
+        identifiers alone (their customer-id index), not joined to customers.
+
+        The kinds are filtered here, not in SQL: given ``kind IN (…)`` too, SQLite's planner
+        (without statistics) walks the (kind, value) index — every identifier of the kind,
+        a million at a million customers — once per query, instead of a few entries of the
+        customer-id index per customer (2.7 s of a 1% churn's repeat at a million)."""
+        wanted = frozenset(kinds)
         rows: list[tuple[int, bytes]] = []
+        columns = (_identifiers.c.customer_id, _identifiers.c.kind, _identifiers.c.point)
         with self.engine.connect() as connection:
             for start in range(0, len(customers), _ID_CHUNK):
+                chunk = customers[start : start + _ID_CHUNK]
                 rows.extend(
                     (customer_id, point)
-                    for customer_id, point in connection.execute(
-                        select(_identifiers.c.customer_id, _identifiers.c.point).where(
-                            _identifiers.c.customer_id.in_(customers[start : start + _ID_CHUNK]),
-                            _identifiers.c.kind.in_(kinds),
-                        )
+                    for customer_id, kind, point in connection.execute(
+                        select(*columns).where(_identifiers.c.customer_id.in_(chunk))
                     )
+                    if kind in wanted
                 )
         return rows
 

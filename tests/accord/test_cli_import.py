@@ -192,3 +192,11 @@ def test_match_benchmark_reports_what_it_measured(tmp_path: Path) -> None:
     assert all(v >= 0 for v in report["first"]["storage_read_mib"].values())
     assert set(report["peak_rss_mib"]) == processes
     assert all(v > 0 for v in report["peak_rss_mib"].values())
+    for flow in ("first", "repeat_unchanged", "repeat"):
+        used = report[flow]["cpu_s"]
+        assert set(used) == processes
+        assert all(set(parts) == {"main", "workers"} for parts in used.values())
+        assert all(v >= 0 for parts in used.values() for v in parts.values())
+    # Blinding ~1,300 tokens takes the nodes' processes tens of milliseconds: a report
+    # that lost the measurement would say 0.
+    assert sum(v for parts in report["first"]["cpu_s"].values() for v in parts.values()) > 0
