@@ -476,7 +476,7 @@ class Ledger:
             f"AND e.collected_at {{}} {mark}"
         )
         decisions = (
-            "SELECT s.external_id, e.subject, e.event_type, e.purpose_version, e.channels, "
+            "SELECT s.external_id, e.event_type, e.purpose_version, e.channels, "
             "e.expires_at FROM consent_events e "
             "JOIN consent_subjects s ON s.pseudonym = e.subject "
             f"WHERE {condition.format('<=')} AND s.external_id IS NOT NULL{{}} "
@@ -638,21 +638,23 @@ class _SubjectDecider:
             self._soonest = moment
 
     def feed(self, cursor: Any) -> None:
-        """Rows (external id, subject, type, version, channels, expiry) in decision order."""
+        """Rows (external id, type, version, channels, expiry) in decision order: each
+        subject's rows together, its latest last (external ids and subjects are one to
+        one, so the external id tells where a subject's rows end)."""
         previous: tuple[Any, ...] | None = None
         while True:
             rows = cursor.fetchmany(20_000)
             if not rows:
                 break
             for row in rows:
-                if previous is not None and row[1] != previous[1]:
+                if previous is not None and row[0] != previous[0]:
                     self._collect(previous)
                 previous = row
         if previous is not None:
             self._collect(previous)
 
     def _collect(self, row: tuple[Any, ...]) -> None:
-        external_id, _, event_type, version, channels, expires = row
+        external_id, event_type, version, channels, expires = row
         key = (event_type, version, expires)
         ok = self._decided.get(key)
         if ok is None:
