@@ -128,6 +128,30 @@ def lock_rows(connection: Connection, column: Column[Any], *where: ColumnElement
     )
 
 
+@contextmanager
+def foreign_keys_trusted(connection: Connection) -> Iterator[None]:
+    """On SQLite, skip foreign-key checks for the transactions run on ``connection`` inside.
+
+    For writers that insert many child rows whose parents they know exist (read or
+    inserted in the same transaction, or vouched for by a generation number): checking
+    costs a primary-key lookup per row. (Bulk loaders do the same: mysqldump,
+    pg_restore --disable-triggers.) SQLite takes the pragma only outside a transaction;
+    it is switched back on before the connection returns to the pool, whatever happened.
+    PostgreSQL checks as always.
+    """
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    connection.commit()
+    try:
+        yield
+    finally:
+        connection.rollback()
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        connection.commit()
+
+
 def insert_rows(
     connection: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:

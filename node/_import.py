@@ -30,6 +30,7 @@ from typing import IO, Any, NamedTuple
 
 from sqlalchemy import Connection, Dialect, Engine, delete, update
 
+from kernel.db import foreign_keys_trusted
 from kernel.telemetry import tracer
 from node._store import bump_store_generation
 from node._tables import CustomerRow, IdentifierRow, InterestRow, PurchaseRow
@@ -478,7 +479,10 @@ def run_import(
             in_write: Future[tuple[int, int, int]] | None = None
 
             def write(batch: list[PreparedCustomer]) -> tuple[int, int, int]:
-                with engine.connect() as connection, writer.own_keys_trusted(connection):
+                # Every child row carries a customer id read or inserted in the same
+                # transaction: the constraint holds by construction, and checking it
+                # cost a sixth of the writer's time.
+                with engine.connect() as connection, foreign_keys_trusted(connection):
                     with connection.begin():
                         return writer.upsert(connection, batch, now())
 
@@ -663,30 +667,6 @@ class _BulkWriter:
         self._insert_purchases = statement(
             _purchases, ("customer_id", "purchased_on", "category", "amount")
         )
-
-    @contextmanager
-    def own_keys_trusted(self, connection: Connection) -> Iterator[None]:
-        """On SQLite, skip foreign-key checks for the writer's own transactions.
-
-        Every child row the writer inserts carries a customer id it has just read or
-        inserted in the same transaction, so the constraint holds by construction, and
-        checking it costs a primary-key lookup per child row: about a sixth of the
-        writer's time. (Bulk loaders do the same: mysqldump, pg_restore
-        --disable-triggers.) SQLite takes the pragma only outside a transaction; it is
-        switched back on before the connection returns to the pool, whatever happened.
-        PostgreSQL checks as always.
-        """
-        if not self._sqlite:
-            yield
-            return
-        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-        connection.commit()
-        try:
-            yield
-        finally:
-            connection.rollback()
-            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
-            connection.commit()
 
     def upsert(
         self, connection: Connection, customers: list[PreparedCustomer], now: datetime

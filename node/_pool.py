@@ -16,6 +16,7 @@ from typing import Final
 
 from kernel.crypto import BlindingKey
 from kernel.errors import InvalidPoint
+from node.blinding import random_order
 
 __all__ = ["BlindingPool"]
 
@@ -71,6 +72,16 @@ class BlindingPool:
                 done.set_exception(exc)
             return done
         return self._pool.submit(_blind_chunk, secret, tokens, trusted)
+
+    def random_order(self, count: int) -> Future[list[int]]:
+        """A random permutation of ``range(count)``, drawn in a worker: a node that must
+        shuffle a set it is still receiving asks for the order first, so the draw (half a
+        second at a million) runs beside the flow instead of at its end."""
+        if self._pool is None:
+            done: Future[list[int]] = Future()
+            done.set_result(random_order(count))
+            return done
+        return self._pool.submit(random_order, count)
 
     def close(self) -> None:
         if self._pool is not None:

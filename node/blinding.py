@@ -10,7 +10,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from operator import itemgetter
+from operator import itemgetter, mod
 from typing import Any, Final
 
 from kernel.crypto import PositionCipher, hash_to_curve, hkdf_sha256
@@ -22,6 +22,7 @@ __all__ = [
     "EpochCache",
     "KeyScope",
     "dummy_points",
+    "random_order",
     "shuffled_set",
     "size_bucket",
 ]
@@ -152,16 +153,18 @@ def secure_shuffle(items: list[Any]) -> None:
     if count < 2:
         return
     draws = struct.unpack(f"<{count}Q", secrets.token_bytes(8 * count))
-    for i in range(count - 1, 0, -1):
-        j = draws[i] % (i + 1)
+    # Step i swaps i with draws[i] mod (i + 1), for i from the top down; the moduli are
+    # taken in C, leaving only the swaps to Python.
+    picks = map(mod, reversed(draws), range(count, 1, -1))
+    for i, j in zip(range(count - 1, 0, -1), picks, strict=True):
         items[i], items[j] = items[j], items[i]
 
 
-def shuffle_pairs(tokens: list[bytes]) -> list[bytes]:
-    """A fresh random order of ``tokens`` (for a re-blinded set sent without handles)."""
-    out = list(tokens)
-    secure_shuffle(out)
-    return out
+def random_order(count: int) -> list[int]:
+    """A uniformly random permutation of ``range(count)`` (``secure_shuffle``'s)."""
+    order = list(range(count))
+    secure_shuffle(order)
+    return order
 
 
 def regrouped(tokens: Sequence[bytes], handles: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:

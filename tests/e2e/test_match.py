@@ -21,10 +21,12 @@ from sqlalchemy import create_engine, inspect, text
 from accord.client import request_audience
 from consent.agreements import SignedAgreement
 from kernel.crypto import BlindingKey, blinding_secret, hash_to_curve
+from kernel.db import database_url
 from kernel.keys import KeyStore
 from kernel.rpc import connect
 from kernel.wire.accord.common.v1 import flow_pb2
 from kernel.wire.accord.node.v1 import node_pb2, node_pb2_grpc
+from node import delete_customer, open_store
 
 from .conftest import OWNER, PURPOSE, RECIPIENT, Running, accord
 
@@ -247,6 +249,62 @@ def test_a_recipient_reads_back_only_handles_it_issued_for_that_flow(running: Ru
     finally:
         engine.dispose()
     assert 0 < matched < len(own)  # the set was padded: dummies never count
+
+
+def _matched(running: Running, flow_id: str) -> tuple[int, list[int], list[Any]]:
+    """The recipient's stored result of a flow: its count, its rows, and what SQLite's
+    foreign-key check finds wrong in the store."""
+    engine = create_engine(f"sqlite:///{running.world.stores[RECIPIENT].db}")
+    try:
+        with engine.connect() as connection:
+            count = connection.execute(
+                text("SELECT matched_customers FROM node_flows WHERE flow_id = :f"),
+                {"f": flow_id},
+            ).scalar_one()
+            rows = (
+                connection.execute(
+                    text("SELECT customer_id FROM node_match_results WHERE flow_id = :f"),
+                    {"f": flow_id},
+                )
+                .scalars()
+                .all()
+            )
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    finally:
+        engine.dispose()
+    return count, list(rows), broken
+
+
+def test_a_customer_erased_during_a_flow_is_left_out_of_its_result(running: Running) -> None:
+    """The node checks its result rows' keys itself rather than row by row in SQLite: a
+    customer erased between the recipient's set and its result is neither counted nor
+    stored, and the store's keys stay whole."""
+    agreement_id = running.agreement()
+    recipient = running.world.stores[RECIPIENT]
+    role = flow_pb2.FLOW_ROLE_RECIPIENT
+    before_ctx, after_ctx = context(agreement_id, role), context(agreement_id, role)
+    before = blind_set(running, RECIPIENT, agreement_id, role, before_ctx)[1]
+    after = blind_set(running, RECIPIENT, agreement_id, role, after_ctx)[1]
+    _deliver(running, before_ctx, before)  # everything matched
+    count, rows, broken = _matched(running, before_ctx.flow_id)
+    assert count == len(rows) > 0 and not broken
+    person = max(recipient.consented & recipient.truth.valid_people)
+    engine = open_store(database_url(str(recipient.db)))  # the node's own settings: FKs on
+    try:
+        with engine.connect() as connection:
+            erased_id = connection.execute(
+                text("SELECT id FROM customers WHERE external_id = :e"),
+                {"e": recipient.truth.external_ids[person]},
+            ).scalar_one()
+        assert erased_id in rows
+        assert delete_customer(engine, recipient.truth.external_ids[person])  # another process
+    finally:
+        engine.dispose()
+    recipient.consented.discard(person)
+    _deliver(running, after_ctx, after)  # everything matched, the erased customer too
+    count_after, rows_after, broken = _matched(running, after_ctx.flow_id)
+    assert count_after == len(rows_after) == count - 1
+    assert erased_id not in rows_after and not broken
 
 
 def test_the_broker_keeps_no_tokens(running: Running) -> None:

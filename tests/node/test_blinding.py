@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kernel.crypto import hash_to_curve, random_bytes, validate_token
+from node._pool import BlindingPool
 from node.blinding import (
     HANDLE_SIZE,
     EpochCache,
     KeyScope,
     dummy_points,
     per_customer_handles,
+    random_order,
     regrouped,
+    secure_shuffle,
     shuffled_set,
     size_bucket,
 )
@@ -91,21 +98,44 @@ def test_epoch_cache_drops_older_epochs_of_the_same_agreement() -> None:
     assert cache.scopes() == [rotated]
 
 
-def test_secure_shuffle_is_uniform_and_a_permutation() -> None:
-    from collections import Counter
+def _shuffled(items: list[int]) -> list[int]:
+    secure_shuffle(items)
+    return items
 
-    from node.blinding import secure_shuffle
 
+def _pooled_order(items: list[int]) -> list[int]:
+    pool = BlindingPool(2)  # two real worker processes
+    try:
+        return [items[i] for i in pool.random_order(len(items)).result()]
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize(
+    "shuffle",
+    [_shuffled, lambda items: [items[i] for i in random_order(len(items))]],
+    ids=["secure_shuffle", "random_order"],
+)
+def test_secure_shuffle_is_uniform_and_a_permutation(
+    shuffle: Callable[[list[int]], list[int]],
+) -> None:
     counts: Counter[tuple[int, ...]] = Counter()
     for _ in range(6000):
-        items = [0, 1, 2]
-        secure_shuffle(items)
-        counts[tuple(items)] += 1
+        counts[tuple(shuffle([0, 1, 2]))] += 1
     assert len(counts) == 6  # every order of three appears …
     assert all(800 < c < 1200 for c in counts.values()), counts  # … about equally often
-    big = list(range(10_000))
-    secure_shuffle(big)
-    assert sorted(big) == list(range(10_000)) and big != list(range(10_000))
+    for size in (0, 1, 2, 10_000):
+        big = shuffle(list(range(size)))
+        assert sorted(big) == list(range(size))
+    assert big != list(range(10_000))
+
+
+def test_the_pool_draws_an_order_in_a_worker() -> None:
+    """A node asks its pool for the order of a set it is still receiving: a permutation,
+    fresh each time."""
+    first, second = _pooled_order(list(range(5_000))), _pooled_order(list(range(5_000)))
+    assert sorted(first) == sorted(second) == list(range(5_000))
+    assert first != second
 
 
 @given(
