@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from array import array
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Final
@@ -73,12 +74,12 @@ class BlindingPool:
             return done
         return self._pool.submit(_blind_chunk, secret, tokens, trusted)
 
-    def random_order(self, count: int) -> Future[list[int]]:
+    def random_order(self, count: int) -> Future[array[int]]:
         """A random permutation of ``range(count)``, drawn in a worker: a node that must
         shuffle a set it is still receiving asks for the order first, so the draw (half a
         second at a million) runs beside the flow instead of at its end."""
         if self._pool is None:
-            done: Future[list[int]] = Future()
+            done: Future[array[int]] = Future()
             done.set_result(random_order(count))
             return done
         return self._pool.submit(random_order, count)
