@@ -219,38 +219,6 @@ def _deliver(running: Running, ctx: flow_pb2.FlowContext, handles: list[bytes]) 
     )  # fmt: skip
 
 
-def test_a_recipient_reads_back_only_handles_it_issued_for_that_flow(running: Running) -> None:
-    agreement_id = running.agreement()
-
-    def blinded() -> tuple[flow_pb2.FlowContext, list[bytes]]:
-        role = flow_pb2.FLOW_ROLE_RECIPIENT
-        ctx = context(agreement_id, role)
-        return ctx, blind_set(running, RECIPIENT, agreement_id, role, ctx)[1]
-
-    for forged in (
-        lambda own, other: [own[0], bytes(16)],  # made up
-        lambda own, other: [own[0], other[1]],  # issued, but for another flow
-        lambda own, other: [own[0], own[1][:8]],  # cut short
-    ):
-        (ctx, own), (_, other) = blinded(), blinded()
-        with pytest.raises(grpc.RpcError) as caught:
-            _deliver(running, ctx, forged(own, other))
-        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "not one this node sent" in (caught.value.details() or "")
-    ctx, own = blinded()
-    _deliver(running, ctx, own)  # everything matched: every consented customer, no padding
-    engine = create_engine(f"sqlite:///{running.world.stores[RECIPIENT].db}")
-    try:
-        with engine.connect() as connection:
-            matched = connection.execute(
-                text("SELECT matched_customers FROM node_flows WHERE flow_id = :f"),
-                {"f": ctx.flow_id},
-            ).scalar_one()
-    finally:
-        engine.dispose()
-    assert 0 < matched < len(own)  # the set was padded: dummies never count
-
-
 def _matched(running: Running, flow_id: str) -> tuple[int, list[int], list[Any]]:
     """The recipient's stored result of a flow: its count, its rows, and what SQLite's
     foreign-key check finds wrong in the store."""
@@ -273,6 +241,30 @@ def _matched(running: Running, flow_id: str) -> tuple[int, list[int], list[Any]]
     finally:
         engine.dispose()
     return count, list(rows), broken
+
+
+def test_a_recipient_reads_back_only_handles_it_issued_for_that_flow(running: Running) -> None:
+    agreement_id = running.agreement()
+
+    def blinded() -> tuple[flow_pb2.FlowContext, list[bytes]]:
+        role = flow_pb2.FLOW_ROLE_RECIPIENT
+        ctx = context(agreement_id, role)
+        return ctx, blind_set(running, RECIPIENT, agreement_id, role, ctx)[1]
+
+    for forged in (
+        lambda own, other: [own[0], bytes(16)],  # made up
+        lambda own, other: [own[0], other[1]],  # issued, but for another flow
+        lambda own, other: [own[0], own[1][:8]],  # cut short
+    ):
+        (ctx, own), (_, other) = blinded(), blinded()
+        with pytest.raises(grpc.RpcError) as caught:
+            _deliver(running, ctx, forged(own, other))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not one this node sent" in (caught.value.details() or "")
+    ctx, own = blinded()
+    _deliver(running, ctx, own)  # everything matched: every consented customer, no padding
+    matched, rows, _ = _matched(running, ctx.flow_id)
+    assert 0 < matched == len(rows) < len(own)  # the set was padded: dummies never count
 
 
 def test_a_customer_erased_during_a_flow_is_left_out_of_its_result(running: Running) -> None:
