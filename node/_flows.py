@@ -745,10 +745,9 @@ class FlowEngine:
         # primary-key lookup per matched customer: a third of the insert at a million).
         with self.engine.connect() as connection, foreign_keys_trusted(connection):
             with connection.begin():
-                # A write first: it takes SQLite's write lock (kernel.db.lock_rows), so no
-                # deletion can commit between the check below and the insert.
-                if not connection.execute(update(_flows).where(this_flow).values(updated_at=now)
-                                          ).rowcount:  # fmt: skip
+                # The write lock first, so no deletion can commit between the check below
+                # and the insert.
+                if not lock_rows(connection, _flows.c.updated_at, this_flow):
                     raise FlowRefused("PEER_REJECTED", "this node has no record of that flow")
                 if store_generation(connection).deleted_generation > handle_map.generation:
                     # Erased since the set was read: an erased customer matches nothing.
@@ -760,6 +759,7 @@ class FlowEngine:
                         state="succeeded",
                         matched_customers=len(customers),
                         delete_after=delete_after,
+                        updated_at=now,
                     )
                 )
                 insert_rows(
